@@ -1,0 +1,389 @@
+"""The ``faithverify`` command line: parse, call the library, print. Exit codes: 0 ok, 2 bad input."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import sys
+import tempfile
+from collections.abc import Callable
+from functools import wraps
+from pathlib import Path
+from typing import Any, TypeVar
+
+import click
+
+from faithverify import __version__
+from faithverify.errors import FaithverifyError
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+EXIT_BAD_INPUT = 2
+EXIT_INTERNAL = 3
+
+
+def _reports_errors(func: F) -> F:
+    """Turn our input errors into one line on stderr and exit code 2, never a traceback."""
+
+    @wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        from faithverify.certify import SoundnessViolation
+
+        try:
+            return func(*args, **kwargs)
+        except FaithverifyError as exc:
+            click.echo(f"error: {exc}", err=True)
+            sys.exit(EXIT_BAD_INPUT)
+        except SoundnessViolation as exc:
+            click.echo(f"internal error: {exc}", err=True)
+            sys.exit(EXIT_INTERNAL)
+
+    return wrapper  # type: ignore[return-value]
+
+
+def _check_eps(_ctx: click.Context, _param: click.Parameter, values: tuple[float, ...]) -> tuple[float, ...]:
+    for eps in values:
+        if not math.isfinite(eps) or eps < 0:
+            raise click.BadParameter(f"{eps} is not a radius: eps must be a finite number >= 0")
+    return values
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(__version__, prog_name="faithverify")
+def main() -> None:
+    """Sound bounds on how far a distilled student's softmax outputs can drift from its teacher's.
+
+    For a teacher/student pair given as ONNX classifiers and points x0 with a radius eps, faithverify bounds
+    max ||softmax(teacher(x)) - softmax(student(x))||_inf over the L-inf ball around x0: a lower bound by
+    attack (EmpLB, with a witness re-checked by onnxruntime) and a sound upper bound (FaithUB, by bound
+    propagation through auto_LiRPA). See the README for the quick start.
+    """
+
+
+@main.command()
+@click.argument("teacher", type=click.Path(path_type=Path))
+@click.argument("student", type=click.Path(path_type=Path))
+@click.option(
+    "--eps",
+    "eps_list",
+    type=float,
+    multiple=True,
+    required=True,
+    callback=_check_eps,
+    help="L-inf radius of the input ball; repeat for several (e.g. --eps 0.025 --eps 0.05).",
+)
+@click.option(
+    "--data",
+    "data_source",
+    default=None,
+    help="Points to certify: a dataset name (mnist, fashion-mnist, cifar10) under --data-root, a directory "
+    "in the IDX or cifar-10-batches-py layout, or an .npz file with arrays x and y. Default: sample.npz "
+    "beside the teacher file.",
+)
+@click.option(
+    "--data-root",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Where dataset names are looked up. Default: $FAITHVERIFY_DATA_ROOT.",
+)
+@click.option(
+    "--split",
+    type=click.Choice(["test", "train"]),
+    default="test",
+    show_default=True,
+    help="Dataset split, for dataset names and directories.",
+)
+@click.option(
+    "--n",
+    "count",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Certify only the first N points (after --start). Default: all.",
+)
+@click.option(
+    "--start", type=click.IntRange(min=0), default=0, show_default=True, help="Index of the first point."
+)
+@click.option(
+    "--domain",
+    nargs=2,
+    type=float,
+    default=(0.0, 1.0),
+    show_default=True,
+    help="Valid input range LOW HIGH; balls are clipped to it. No normalisation is applied: a model "
+    "that normalises must do it inside its graph.",
+)
+@click.option(
+    "--bounds",
+    "methods",
+    type=click.Choice(["ibp", "crown", "alpha-crown"]),
+    multiple=True,
+    default=("ibp", "crown"),
+    show_default=True,
+    help="Upper-bound methods (repeat for several). FaithUB is the smallest of them; each is reported.",
+)
+@click.option(
+    "--alpha-iterations",
+    type=click.IntRange(min=1),
+    default=20,
+    show_default=True,
+    help="Optimisation steps of alpha-CROWN.",
+)
+@click.option(
+    "--attack-steps",
+    type=click.IntRange(min=0),
+    default=50,
+    show_default=True,
+    help="PGD steps for EmpLB (step size 2.5*eps/steps).",
+)
+@click.option(
+    "--restarts",
+    type=click.IntRange(min=1),
+    default=3,
+    show_default=True,
+    help="PGD restarts for EmpLB (the first from x0, the rest random).",
+)
+@click.option(
+    "--robustness/--no-robustness",
+    default=True,
+    show_default=True,
+    help="Also measure each model's robust accuracy and the distillation agreement (PGD-50).",
+)
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the attacks' random starts.")
+@click.option(
+    "--batch-size",
+    type=click.IntRange(min=1),
+    default=250,
+    show_default=True,
+    help="Points bounded and attacked together.",
+)
+@click.option(
+    "--device",
+    type=click.Choice(["auto", "cpu", "cuda"]),
+    default="auto",
+    show_default=True,
+    help="Where to compute; auto uses CUDA when present.",
+)
+@click.option(
+    "--out",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Write per-point results as JSON Lines here, as they are computed.",
+)
+@click.option(
+    "--resume",
+    is_flag=True,
+    help="Keep the points already in --out and compute only the rest (settings must match).",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON instead of a table.")
+@click.option(
+    "--csv",
+    "csv_path",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Also write the summary table as CSV here.",
+)
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+@_reports_errors
+def certify(
+    teacher: Path,
+    student: Path,
+    eps_list: tuple[float, ...],
+    data_source: str | None,
+    data_root: Path | None,
+    split: str,
+    count: int | None,
+    start: int,
+    domain: tuple[float, float],
+    methods: tuple[str, ...],
+    alpha_iterations: int,
+    attack_steps: int,
+    restarts: int,
+    robustness: bool,
+    seed: int,
+    batch_size: int,
+    device: str,
+    out: Path | None,
+    resume: bool,
+    as_json: bool,
+    csv_path: Path | None,
+    quiet: bool,
+) -> None:
+    """Bound the teacher/student confidence gap around each point, for each --eps.
+
+    Per point and eps it reports EmpLB (PGD, re-checked with onnxruntime), FaithUB by each --bounds method,
+    the predictions, and (with labels) robust accuracy and distillation agreement; then a summary table,
+    one row per eps, in the form of the paper's Table 2.
+
+    \b
+    Examples:
+      faithverify certify models/mnist/teacher.onnx models/mnist/student-fd.onnx --eps 0.05
+      faithverify certify T.onnx S.onnx --data mnist --n 1000 --eps 0.05 --out r.jsonl --resume
+    """
+    import numpy as np
+
+    from faithverify.attack import PGDConfig
+    from faithverify.bounds.lirpa import BoundMethod
+    from faithverify.certify import CertifyConfig
+    from faithverify.certify import certify as run_certify
+    from faithverify.data import fit_to_input_shape, load_dataset
+    from faithverify.errors import DataError
+    from faithverify.pair import load_pair
+    from faithverify.results import ResultsFile, format_table, summarize, write_summary_csv
+
+    if domain[0] >= domain[1] or not all(math.isfinite(v) for v in domain):
+        raise click.BadParameter(f"domain {domain} is not an interval LOW < HIGH", param_hint="--domain")
+    if resume and out is None:
+        raise click.BadParameter("--resume needs --out", param_hint="--resume")
+    if data_source is None:
+        sample = teacher.parent / "sample.npz"
+        if not sample.exists():
+            raise DataError(f"no --data given and no sample.npz beside {teacher}")
+        data_source = str(sample)
+
+    pair = load_pair(teacher, student, domain=domain)
+    dataset = load_dataset(data_source, split=split, data_root=data_root)
+    if start >= len(dataset.x):
+        raise DataError(f"--start {start} is past the end of the data ({len(dataset.x)} points)")
+    stop = len(dataset.x) if count is None else min(len(dataset.x), start + count)
+    x = fit_to_input_shape(dataset.x[start:stop], pair.input_shape)
+    labels = dataset.y[start:stop] if dataset.y is not None else None
+    lo, hi = float(np.min(x)), float(np.max(x))
+    if lo < domain[0] or hi > domain[1]:
+        raise DataError(f"the data's values span [{lo:g}, {hi:g}], outside the domain {list(domain)}")
+
+    config = CertifyConfig(
+        eps=list(eps_list),
+        methods=[BoundMethod(m) for m in dict.fromkeys(methods)],
+        pgd=PGDConfig(steps=attack_steps, restarts=restarts, seed=seed),
+        robustness=robustness,
+        batch_size=batch_size,
+        device=device,
+        alpha_iterations=alpha_iterations,
+        domain=domain,
+    )
+    settings = {
+        "teacher_sha256": _sha256(teacher),
+        "student_sha256": _sha256(student),
+        "data": str(data_source),
+        "split": split,
+        "start": start,
+        "domain": list(domain),
+        "methods": [m.value for m in config.methods],
+        "alpha_iterations": alpha_iterations,
+        "attack_steps": attack_steps,
+        "restarts": restarts,
+        "robustness": robustness,
+        "seed": seed,
+    }
+    results_file = ResultsFile(out, settings, resume=resume) if out is not None else None
+    indices = np.arange(start, stop)
+    try:
+        done = set(results_file.done) if results_file else set()
+        fresh = run_certify(
+            pair,
+            x,
+            labels,
+            config,
+            indices=indices,
+            done=done,
+            on_batch=results_file.write if results_file else None,
+            progress=not quiet,
+        )
+    finally:
+        if results_file is not None:
+            results_file.close()
+    wanted = {(int(i), float(e)) for i in indices for e in eps_list}
+    points = [
+        p for p in (results_file.done.values() if results_file else fresh) if (p.index, p.eps) in wanted
+    ]
+    rows = summarize(points)
+    if csv_path is not None:
+        write_summary_csv(rows, csv_path)
+    if as_json:
+        click.echo(json.dumps([r.to_dict() for r in rows], indent=2))
+    else:
+        click.echo(
+            f"teacher {teacher} ({pair.teacher.num_classes} classes, onnxruntime check "
+            f"{pair.teacher.max_abs_diff:.1e}); student {student} ({pair.student.max_abs_diff:.1e})"
+        )
+        click.echo(format_table(rows))
+        if out is not None:
+            click.echo(f"per-point results: {out}")
+
+
+@main.command()
+@click.argument("teacher", type=click.Path(path_type=Path))
+@click.argument("student", type=click.Path(path_type=Path))
+@click.option(
+    "-o",
+    "--output",
+    type=click.Path(path_type=Path),
+    required=True,
+    help="Where to write the paired ONNX model.",
+)
+@click.option(
+    "--domain",
+    nargs=2,
+    type=float,
+    default=(0.0, 1.0),
+    show_default=True,
+    help="Input range of the random inputs the conversion is checked on.",
+)
+@_reports_errors
+def pair(teacher: Path, student: Path, output: Path, domain: tuple[float, float]) -> None:
+    """Write the paired graph: input x, outputs z_t, z_s and softmax(z_t) - softmax(z_s).
+
+    Both models are checked against onnxruntime, and the paired graph against the two models, before it is
+    written (atomically: an existing file is replaced only by a complete one).
+    """
+    import onnx
+
+    from faithverify.errors import ResultsFileError
+    from faithverify.pair import load_pair
+
+    paired = load_pair(teacher, student, domain=domain)
+    target = output.resolve()
+    if target.is_dir():
+        raise ResultsFileError(f"cannot write {output}: it is a directory")
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=target.parent, suffix=".onnx.tmp")
+        os.close(fd)
+        onnx.save(paired.onnx_model, tmp)
+        os.replace(tmp, target)
+    except OSError as exc:
+        raise ResultsFileError(f"cannot write {output}: {exc.strerror or exc}") from exc
+    shape = "x".join(str(d) for d in paired.input_shape)
+    click.echo(f"wrote {output}: input x [N, {shape}], outputs z_t, z_s, gap [N, {paired.num_classes}]")
+
+
+@main.command()
+@click.argument("results", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON instead of a table.")
+@click.option(
+    "--csv",
+    "csv_path",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Also write the summary as CSV here.",
+)
+@_reports_errors
+def summary(results: Path, as_json: bool, csv_path: Path | None) -> None:
+    """Summarise a results file written by `certify --out` (one row per eps)."""
+    from faithverify.results import format_table, read_results, summarize, write_summary_csv
+
+    _, points = read_results(results)
+    rows = summarize(points)
+    if csv_path is not None:
+        write_summary_csv(rows, csv_path)
+    click.echo(json.dumps([r.to_dict() for r in rows], indent=2) if as_json else format_table(rows))
+
+
+if __name__ == "__main__":
+    main()

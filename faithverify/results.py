@@ -1,0 +1,235 @@
+"""Per-point result records, the JSON Lines file they stream to, and the per-eps summary (paper Table 2 form)."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+from collections.abc import Iterable, Sequence
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import IO, Any
+
+import numpy as np
+
+from faithverify.errors import ResultsFileError
+
+FORMAT_VERSION = 1
+
+
+@dataclass
+class PointResult:
+    """Everything faithverify found out about one point at one eps."""
+
+    index: int  # position of the point in the dataset
+    eps: float
+    label: int | None  # the dataset's label, when it has one
+    teacher_pred: int  # argmax of the teacher at x0 (onnxruntime)
+    student_pred: int
+    clean_gap: float  # ||f_t(x0) - f_s(x0)||_inf (onnxruntime)
+    emp_lb: float  # EmpLB: the gap at the best witness found by PGD, re-computed with onnxruntime
+    emp_lb_class: int  # the class where the witness's gap is attained
+    faith_ub: float  # FaithUB: the smallest of the sound upper bounds below
+    faith_ub_method: str
+    bounds: dict[str, float]  # FaithUB per bounding method (ibp, crown, alpha-crown)
+    teacher_robust: bool | None = None  # PGD-50 finds no misclassified input in B (needs a label)
+    student_robust: bool | None = None
+    agreement: bool | None = None  # Def. 3: empirical distillation agreement
+    seconds: dict[str, float] = field(default_factory=dict)  # per stage, amortised over the batch
+
+    def to_json(self) -> str:
+        return json.dumps({"kind": "point", **asdict(self)}, allow_nan=True)
+
+    @staticmethod
+    def from_dict(d: dict[str, Any]) -> PointResult:
+        names = {f.name for f in fields(PointResult)}
+        return PointResult(**{k: v for k, v in d.items() if k in names})
+
+
+class ResultsFile:
+    """A JSON Lines file: one header line with the run's settings, then one line per finished point.
+
+    Lines are written whole and flushed as each batch finishes, so an interrupted run loses at most the batch
+    in flight; ``resume`` keeps what is there (dropping a torn last line) when the settings match.
+    """
+
+    def __init__(self, path: str | Path, settings: dict[str, Any], resume: bool) -> None:
+        self.path = Path(path)
+        self.settings = settings
+        self.done: dict[tuple[int, float], PointResult] = {}
+        if self.path.is_dir():
+            raise ResultsFileError(f"cannot write results to {self.path}: it is a directory")
+        if resume and self.path.exists() and self.path.stat().st_size > 0:
+            self._load_existing()
+            self._handle = self._open("a")
+        else:
+            self._handle = self._open("w")
+            self._write_line(json.dumps({"kind": "header", "format": FORMAT_VERSION, "settings": settings}))
+
+    def _open(self, mode: str) -> IO[str]:
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            return open(self.path, mode, encoding="utf-8")
+        except OSError as exc:
+            raise ResultsFileError(f"cannot write results to {self.path}: {exc.strerror or exc}") from exc
+
+    def _load_existing(self) -> None:
+        raw = self.path.read_bytes()
+        good_end = raw.rfind(b"\n") + 1
+        lines = raw[:good_end].decode("utf-8", errors="replace").splitlines()
+        try:
+            header = json.loads(lines[0]) if lines else None
+        except json.JSONDecodeError:
+            header = None
+        if not isinstance(header, dict) or header.get("kind") != "header":
+            raise ResultsFileError(f"--resume: {self.path} is not a faithverify results file")
+        old = header.get("settings", {})
+        changed = sorted(k for k in set(old) | set(self.settings) if old.get(k) != self.settings.get(k))
+        if changed:
+            raise ResultsFileError(
+                f"--resume: {self.path} was written with other settings ({', '.join(changed)} differ); "
+                "use another --out or drop --resume to overwrite"
+            )
+        for line in lines[1:]:
+            record = json.loads(line)
+            if record.get("kind") == "point":
+                point = PointResult.from_dict(record)
+                self.done[(point.index, point.eps)] = point
+        if good_end < len(raw):  # a torn last line from an interrupted run: drop it
+            with open(self.path, "r+b") as handle:
+                handle.truncate(good_end)
+
+    def _write_line(self, line: str) -> None:
+        self._handle.write(line + "\n")
+
+    def write(self, points: Iterable[PointResult]) -> None:
+        for p in points:
+            self._write_line(p.to_json())
+            self.done[(p.index, p.eps)] = p
+        self._handle.flush()
+        os.fsync(self._handle.fileno())
+
+    def close(self) -> None:
+        self._handle.close()
+
+
+def read_results(path: str | Path) -> tuple[dict[str, Any], list[PointResult]]:
+    """The settings and the point records of a results file."""
+    settings: dict[str, Any] = {}
+    points = []
+    with open(path, encoding="utf-8") as handle:
+        for line in handle:
+            if not line.strip():
+                continue
+            record = json.loads(line)
+            if record.get("kind") == "header":
+                settings = record.get("settings", {})
+            elif record.get("kind") == "point":
+                points.append(PointResult.from_dict(record))
+    return settings, points
+
+
+@dataclass(frozen=True)
+class MeanStd:
+    mean: float
+    std: float
+
+    @staticmethod
+    def of(values: Sequence[float]) -> MeanStd:
+        a = np.asarray(values, dtype=np.float64)
+        if a.size == 0:
+            return MeanStd(math.nan, math.nan)
+        return MeanStd(float(a.mean()), float(a.std()))
+
+    def __str__(self) -> str:
+        return f"{self.mean:.4f} ± {self.std:.4f}"
+
+
+def _share(values: Sequence[bool | None]) -> float:
+    known = [v for v in values if v is not None]
+    return float(np.mean(known)) if known else math.nan
+
+
+@dataclass(frozen=True)
+class EpsSummary:
+    """One row of the summary: the paper's Table 2 (EmpLB, FaithUB) with agreement and robust accuracy."""
+
+    eps: float
+    n: int
+    emp_lb: MeanStd
+    faith_ub: MeanStd
+    by_method: dict[str, MeanStd]
+    agreement: float  # share of points (Def. 3)
+    teacher_robust_accuracy: float
+    student_robust_accuracy: float
+    teacher_accuracy: float  # clean
+    student_accuracy: float
+    seconds_per_point: dict[str, float]
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        return d
+
+
+def summarize(points: Sequence[PointResult]) -> list[EpsSummary]:
+    rows = []
+    for eps in sorted({p.eps for p in points}):
+        group = [p for p in points if p.eps == eps]
+        methods = sorted({m for p in group for m in p.bounds})
+        stages = sorted({s for p in group for s in p.seconds})
+        labelled = [p for p in group if p.label is not None]
+        rows.append(
+            EpsSummary(
+                eps=eps,
+                n=len(group),
+                emp_lb=MeanStd.of([p.emp_lb for p in group]),
+                faith_ub=MeanStd.of([p.faith_ub for p in group]),
+                by_method={m: MeanStd.of([p.bounds[m] for p in group if m in p.bounds]) for m in methods},
+                agreement=_share([p.agreement for p in group]),
+                teacher_robust_accuracy=_share([p.teacher_robust for p in group]),
+                student_robust_accuracy=_share([p.student_robust for p in group]),
+                teacher_accuracy=_share([p.teacher_pred == p.label for p in labelled]),
+                student_accuracy=_share([p.student_pred == p.label for p in labelled]),
+                seconds_per_point={s: float(np.mean([p.seconds.get(s, 0.0) for p in group])) for s in stages},
+            )
+        )
+    return rows
+
+
+def _pct(x: float) -> str:
+    return "-" if math.isnan(x) else f"{100 * x:.1f}%"
+
+
+def format_table(rows: Sequence[EpsSummary]) -> str:
+    """A Markdown table: one row per eps, the paper's Table 2 columns first."""
+    methods = sorted({m for r in rows for m in r.by_method})
+    head = ["eps", "n", "EmpLB", "FaithUB", *[f"UB {m}" for m in methods]]
+    head += ["agreement", "robust T", "robust S", "ms/point"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in rows:
+        cells = [f"{r.eps:g}", str(r.n), str(r.emp_lb), str(r.faith_ub)]
+        cells += [str(r.by_method[m]) if m in r.by_method else "-" for m in methods]
+        cells += [_pct(r.agreement), _pct(r.teacher_robust_accuracy), _pct(r.student_robust_accuracy)]
+        cells.append(f"{1000 * sum(r.seconds_per_point.values()):.1f}")
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def write_summary_csv(rows: Sequence[EpsSummary], path: str | Path) -> None:
+    methods = sorted({m for r in rows for m in r.by_method})
+    with open(path, "w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(
+            ["eps", "n", "emp_lb_mean", "emp_lb_std", "faith_ub_mean", "faith_ub_std"]
+            + [f"ub_{m}_{s}" for m in methods for s in ("mean", "std")]
+            + ["agreement", "teacher_robust_accuracy", "student_robust_accuracy"]
+            + ["teacher_accuracy", "student_accuracy", "seconds_per_point"]
+        )
+        for r in rows:
+            writer.writerow(
+                [r.eps, r.n, r.emp_lb.mean, r.emp_lb.std, r.faith_ub.mean, r.faith_ub.std]
+                + [v for m in methods for v in (r.by_method[m].mean, r.by_method[m].std)]
+                + [r.agreement, r.teacher_robust_accuracy, r.student_robust_accuracy]
+                + [r.teacher_accuracy, r.student_accuracy, sum(r.seconds_per_point.values())]
+            )
