@@ -201,23 +201,32 @@ def _pct(x: float) -> str:
     return "-" if math.isnan(x) else f"{100 * x:.1f}%"
 
 
+_METHOD_ORDER = {"ibp": 0, "crown": 1, "alpha-crown": 2}
+
+
+def _methods(rows: Sequence[EpsSummary]) -> list[str]:
+    """Bounding methods present, loosest first."""
+    return sorted({m for r in rows for m in r.by_method}, key=lambda m: (_METHOD_ORDER.get(m, 9), m))
+
+
 def format_table(rows: Sequence[EpsSummary]) -> str:
     """A Markdown table: one row per eps, the paper's Table 2 columns first."""
-    methods = sorted({m for r in rows for m in r.by_method})
+    methods = _methods(rows)
     head = ["eps", "n", "EmpLB", "FaithUB", *[f"UB {m}" for m in methods]]
-    head += ["agreement", "robust T", "robust S", "ms/point"]
+    head += ["agreement", "robust T", "robust S", "clean T", "clean S", "ms/point"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
         cells = [f"{r.eps:g}", str(r.n), str(r.emp_lb), str(r.faith_ub)]
         cells += [str(r.by_method[m]) if m in r.by_method else "-" for m in methods]
         cells += [_pct(r.agreement), _pct(r.teacher_robust_accuracy), _pct(r.student_robust_accuracy)]
+        cells += [_pct(r.teacher_accuracy), _pct(r.student_accuracy)]
         cells.append(f"{1000 * sum(r.seconds_per_point.values()):.1f}")
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
 def write_summary_csv(rows: Sequence[EpsSummary], path: str | Path) -> None:
-    methods = sorted({m for r in rows for m in r.by_method})
+    methods = _methods(rows)
     with open(path, "w", newline="", encoding="utf-8") as handle:
         writer = csv.writer(handle)
         writer.writerow(

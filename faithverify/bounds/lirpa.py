@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import warnings
 from collections.abc import Iterator
 from enum import StrEnum
 from typing import Any
@@ -91,17 +92,20 @@ class NetworkBounder:
             p.requires_grad_(False)
         example = torch.zeros(1, input_dim, device=self.device, dtype=dtype)
         # Both sparse-alpha options trip bugs in 0.3's activation.py (DESIGN.md); dense alphas are exact too.
-        self.module: Any = auto_lirpa.BoundedModule(
-            body,
-            example,
-            bound_opts={
-                "sparse_features_alpha": False,
-                "sparse_spec_alpha": False,
-                "optimize_bound_args": {"iteration": alpha_iterations, "lr_alpha": alpha_lr},
-            },
-            device=str(self.device),
-            verbose=False,
-        )
+        with warnings.catch_warnings():
+            # auto_LiRPA traces through torch.jit, which torch 2 marks deprecated on every call.
+            warnings.simplefilter("ignore", DeprecationWarning)
+            self.module: Any = auto_lirpa.BoundedModule(
+                body,
+                example,
+                bound_opts={
+                    "sparse_features_alpha": False,
+                    "sparse_spec_alpha": False,
+                    "optimize_bound_args": {"iteration": alpha_iterations, "lr_alpha": alpha_lr},
+                },
+                device=str(self.device),
+                verbose=False,
+            )
         # MaxPool keeps its fixed CROWN relaxation under alpha-CROWN: optimising it costs minutes for <1%.
         from auto_LiRPA.operators import BoundMaxPool
 
