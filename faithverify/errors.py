@@ -29,3 +29,7 @@ class DataError(FaithverifyError):
 
 class ResultsFileError(FaithverifyError):
     """The results file cannot be written, or --resume meets a file written with other settings."""
+
+
+class BoundingError(FaithverifyError):
+    """The bound propagation library cannot handle this (supported, converted) model."""

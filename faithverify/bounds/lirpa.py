@@ -27,6 +27,7 @@ from torch import nn
 
 from faithverify.bounds.lirpa_compat import import_auto_lirpa
 from faithverify.bounds.softmax import LogitDiffBounds
+from faithverify.errors import BoundingError
 
 
 class BoundMethod(StrEnum):
@@ -92,7 +93,7 @@ class NetworkBounder:
             p.requires_grad_(False)
         example = torch.zeros(1, input_dim, device=self.device, dtype=dtype)
         # Both sparse-alpha options trip bugs in 0.3's activation.py (DESIGN.md); dense alphas are exact too.
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(), _library_errors("build a bounded module for"):
             # auto_LiRPA traces through torch.jit, which torch 2 marks deprecated on every call.
             warnings.simplefilter("ignore", DeprecationWarning)
             self.module: Any = auto_lirpa.BoundedModule(
@@ -133,7 +134,7 @@ class NetworkBounder:
         grad: contextlib.AbstractContextManager[Any] = (
             contextlib.nullcontext() if method is BoundMethod.ALPHA_CROWN else torch.no_grad()
         )
-        with grad, _default_dtype(self.dtype):
+        with grad, _default_dtype(self.dtype), _library_errors(f"compute {method.value} bounds of"):
             lb, _ = self.module.compute_bounds(
                 x=(x,), C=spec, method=_AUTO_LIRPA_METHOD[method], bound_upper=False
             )
@@ -148,6 +149,18 @@ class NetworkBounder:
             lb = self.pair_lower_bounds(lower[start:stop], upper[start:stop], method).cpu().double().numpy()
             out[start:stop, self._rows.numpy(), self._cols.numpy()] = lb
         return LogitDiffBounds.from_lower(out)
+
+
+@contextlib.contextmanager
+def _library_errors(action: str) -> Iterator[None]:
+    """auto_LiRPA fails on some graphs it does not support (e.g. a constant shift in front of a padded Conv in
+    its default patches mode) with assorted exceptions deep inside; report them as one line instead."""
+    try:
+        yield
+    except (RuntimeError, ValueError, NotImplementedError, AssertionError, IndexError, TypeError) as exc:
+        raise BoundingError(
+            f"auto_LiRPA 0.3 could not {action} this model: {type(exc).__name__}: {exc}"
+        ) from exc
 
 
 @contextlib.contextmanager
