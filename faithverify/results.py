@@ -118,11 +118,18 @@ def read_results(path: str | Path) -> tuple[dict[str, Any], list[PointResult]]:
     """The settings and the point records of a results file."""
     settings: dict[str, Any] = {}
     points = []
-    with open(path, encoding="utf-8") as handle:
-        for line in handle:
+    with open(path, encoding="utf-8", errors="replace") as handle:
+        for number, line in enumerate(handle, start=1):
             if not line.strip():
                 continue
-            record = json.loads(line)
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:
+                if not line.endswith("\n"):
+                    break  # a torn last line from an interrupted run
+                raise ResultsFileError(f"{path}, line {number}: not a JSON record") from None
+            if not isinstance(record, dict):
+                raise ResultsFileError(f"{path}, line {number}: not a faithverify record")
             if record.get("kind") == "header":
                 settings = record.get("settings", {})
             elif record.get("kind") == "point":

@@ -49,8 +49,20 @@ def expect_bad_input(result: Result, *fragments: str) -> None:
 def test_certify_writes_records_and_summary(models: dict[str, Path], tmp_path: Path) -> None:
     out = tmp_path / "r.jsonl"
     result = invoke(
-        "certify", models["teacher"], models["student"], "--data", models["data"], "--eps", "0.01",
-        "--eps", "0.05", "--out", out, "--csv", tmp_path / "s.csv", *FAST,
+        "certify",
+        models["teacher"],
+        models["student"],
+        "--data",
+        models["data"],
+        "--eps",
+        "0.01",
+        "--eps",
+        "0.05",
+        "--out",
+        out,
+        "--csv",
+        tmp_path / "s.csv",
+        *FAST,
     )
     assert result.exit_code == 0, result.output
     assert "| eps |" in result.output
@@ -83,7 +95,17 @@ def test_resume_computes_only_what_is_missing(models: dict[str, Path], tmp_path:
 
 def test_resume_refuses_other_settings(models: dict[str, Path], tmp_path: Path) -> None:
     out = tmp_path / "r.jsonl"
-    base = ["certify", models["teacher"], models["student"], "--data", models["data"], "--out", out, "--n", "2"]
+    base = [
+        "certify",
+        models["teacher"],
+        models["student"],
+        "--data",
+        models["data"],
+        "--out",
+        out,
+        "--n",
+        "2",
+    ]
     assert invoke(*base, "--eps", "0.02", *FAST).exit_code == 0
     before = out.read_text()
     result = invoke(*base, "--eps", "0.02", "--resume", "--bounds", "ibp", *FAST)
@@ -102,7 +124,9 @@ def test_pair_writes_a_graph_that_reproduces_both_models(models: dict[str, Path]
     x = np.random.default_rng(1).random((5, 12), dtype=np.float32)
     z_t, z_s, gap = ort.InferenceSession(str(out)).run(None, {"x": x})
     pair = load_pair(models["teacher"], models["student"])
-    np.testing.assert_allclose(z_t, pair.teacher.module.double()(torch.from_numpy(x).double()).numpy(), atol=1e-5)
+    np.testing.assert_allclose(
+        z_t, pair.teacher.module.double()(torch.from_numpy(x).double()).numpy(), atol=1e-5
+    )
     e_t, e_s = np.exp(z_t - z_t.max(1, keepdims=True)), np.exp(z_s - z_s.max(1, keepdims=True))
     expected = e_t / e_t.sum(1, keepdims=True) - e_s / e_s.sum(1, keepdims=True)
     np.testing.assert_allclose(gap, expected, atol=1e-6)
@@ -146,7 +170,9 @@ def test_unsupported_operator_names_op_and_node(models: dict[str, Path], tmp_pat
 
 
 def test_mismatched_pairs(models: dict[str, Path]) -> None:
-    result = invoke("certify", models["teacher"], models["wide_input"], "--eps", "0.1", "--data", models["data"])
+    result = invoke(
+        "certify", models["teacher"], models["wide_input"], "--eps", "0.1", "--data", models["data"]
+    )
     expect_bad_input(result, "input shape")
     result = invoke("pair", models["teacher"], models["three_classes"], "-o", "never.onnx")
     expect_bad_input(result, "class counts")
@@ -154,7 +180,9 @@ def test_mismatched_pairs(models: dict[str, Path]) -> None:
 
 
 def test_data_that_does_not_fit_the_model(models: dict[str, Path]) -> None:
-    result = invoke("certify", models["teacher"], models["student"], "--data", models["bad_data"], "--eps", "0.1")
+    result = invoke(
+        "certify", models["teacher"], models["student"], "--data", models["bad_data"], "--eps", "0.1"
+    )
     expect_bad_input(result)
 
 
@@ -163,8 +191,16 @@ def test_output_path_that_cannot_be_written(models: dict[str, Path], tmp_path: P
     blocker.write_text("")
     for target in (tmp_path, blocker / "r.jsonl"):
         result = invoke(
-            "certify", models["teacher"], models["student"], "--data", models["data"], "--eps", "0.1",
-            "--out", target, *FAST,
+            "certify",
+            models["teacher"],
+            models["student"],
+            "--data",
+            models["data"],
+            "--eps",
+            "0.1",
+            "--out",
+            target,
+            *FAST,
         )
         expect_bad_input(result, "cannot write")
 
@@ -172,3 +208,25 @@ def test_output_path_that_cannot_be_written(models: dict[str, Path], tmp_path: P
 def test_no_data_and_no_sample(models: dict[str, Path]) -> None:
     result = invoke("certify", models["teacher"], models["student"], "--eps", "0.1")
     expect_bad_input(result, "sample.npz")
+
+
+def test_summary_of_a_results_file(models: dict[str, Path], tmp_path: Path) -> None:
+    out = tmp_path / "r.jsonl"
+    base = [
+        "certify",
+        models["teacher"],
+        models["student"],
+        "--data",
+        models["data"],
+        "--out",
+        out,
+        "--n",
+        "3",
+    ]
+    assert invoke(*base, "--eps", "0.02", *FAST).exit_code == 0
+    result = invoke("summary", out, "--json")
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.output)[0]["n"] == 3
+    garbage = tmp_path / "garbage.jsonl"
+    garbage.write_text("{not json\n")
+    expect_bad_input(invoke("summary", garbage), "line 1")
