@@ -8,6 +8,9 @@ upper bounds too would do the same work twice. Bounds are computed under ``torch
 needs gradients for its own optimisation and manages them itself). See DESIGN.md for the measurements behind
 each of these choices; ``benchmarks/screening_throughput.py`` re-measures them.
 
+CROWN on a chain of Linear and ReLU layers runs in :mod:`faithverify.bounds.crown` instead (the same bound, to
+~1e-13, at 3-4 times the speed); ``engine="auto_lirpa"`` forces the library.
+
 Floating point: the default dtype is float64, and :mod:`faithverify.bounds.softmax` widens the results by a
 stated margin before they are used.
 """
@@ -25,6 +28,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from faithverify.bounds.crown import ChainCrown, LinearReluChain
 from faithverify.bounds.lirpa_compat import import_auto_lirpa
 from faithverify.bounds.softmax import LogitDiffBounds
 from faithverify.errors import BoundingError
@@ -79,7 +83,10 @@ class NetworkBounder:
         dtype: torch.dtype = torch.float64,
         alpha_iterations: int = 20,
         alpha_lr: float = 0.5,
+        engine: str = "auto",
     ) -> None:
+        if engine not in ("auto", "auto_lirpa"):
+            raise ValueError(f"unknown bounding engine {engine!r}")
         auto_lirpa = import_auto_lirpa()
         self.device = torch.device(device)
         self.dtype = dtype
@@ -114,6 +121,10 @@ class NetworkBounder:
             n for n in self.module.optimizable_activations if not isinstance(n, BoundMaxPool)
         ]
         self._auto_lirpa = auto_lirpa
+        # CROWN on a Linear/ReLU chain runs natively (same bound, 3-4x the throughput; see crown.py) unless
+        # the library is asked for explicitly.
+        chain = LinearReluChain.from_module(body, dtype) if engine == "auto" else None
+        self._native = ChainCrown(chain.to(self.device)) if chain is not None else None
         self.spec = pair_specification(num_classes).to(device=self.device, dtype=dtype)
         self._pairs = ordered_pairs(num_classes)
         self._rows = torch.tensor([i for i, _ in self._pairs])
@@ -129,6 +140,9 @@ class NetworkBounder:
         """Lower bounds on every ``z_j - z_i`` (one row per ordered pair) for a batch of boxes ``[N, D]``."""
         lower = lower.to(device=self.device, dtype=self.dtype).reshape(len(lower), -1)
         upper = upper.to(device=self.device, dtype=self.dtype).reshape(len(upper), -1)
+        if method is BoundMethod.CROWN and self._native is not None:
+            with torch.no_grad():
+                return self._native.bounds(lower, upper, self.spec)[0]
         spec = self.spec.unsqueeze(0).expand(len(lower), -1, -1)
         x = self._bounded_input(lower, upper)
         grad: contextlib.AbstractContextManager[Any] = (
