@@ -14,8 +14,11 @@ imported (importing ``auto_LiRPA`` through :func:`import_auto_lirpa` guarantees 
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import inspect
+import warnings
+from collections.abc import Iterator
 from types import ModuleType
 from typing import Any
 
@@ -59,12 +62,27 @@ def _patch_auto_lirpa(bound_general: ModuleType) -> None:
     cls._named_members = _named_members
 
 
+@contextlib.contextmanager
+def _without_simplefilter() -> Iterator[None]:
+    original = warnings.simplefilter
+    warnings.simplefilter = lambda *args, **kwargs: None  # type: ignore[assignment]
+    try:
+        yield
+    finally:
+        warnings.simplefilter = original
+
+
 def import_auto_lirpa() -> ModuleType:
     """Import ``auto_LiRPA`` with the torch-2 bridges in place; safe to call many times."""
     global _PATCHED
     _patch_torch()
-    import auto_LiRPA
-    import auto_LiRPA.bound_general as bound_general
+    # auto_LiRPA 0.3 calls warnings.simplefilter("once") at import (bound_general.py, utils.py), which would
+    # override every warning filter of the host program; and it decorates helpers with torch.jit.script,
+    # which torch 2 marks deprecated. So its import runs with simplefilter disabled and that warning ignored.
+    with warnings.catch_warnings(), _without_simplefilter():
+        warnings.filterwarnings("ignore", category=DeprecationWarning)
+        import auto_LiRPA
+        import auto_LiRPA.bound_general as bound_general
 
     if not _PATCHED:
         _patch_auto_lirpa(bound_general)
