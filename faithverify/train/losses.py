@@ -1,0 +1,77 @@
+"""Training losses as plain functions of logits, each with its formula.
+
+Notation: ``z`` logits ``[N, C]``, ``softmax_T(z)_j = exp(z_j / T) / sum_k exp(z_k / T)``, ``f = softmax_1``,
+``KL(p || q) = sum_j p_j (log p_j - log q_j)``. Batch losses are means over the N samples.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+
+def cross_entropy(logits: Tensor, y: Tensor) -> Tensor:
+    """``mean_n [ logsumexp_j z_nj - z_n,y_n ] = mean_n -log f(z_n)_{y_n}``.
+
+    On PGD inputs ``x' = argmax_{x' in B} CE(z(x'), y)`` this is the adversarial-training loss of Madry et al.
+    """
+    return F.cross_entropy(logits, y)
+
+
+def kl_teacher_student(
+    teacher_logits: Tensor, student_logits: Tensor, temperature: float = 1.0, reduction: str = "mean"
+) -> Tensor:
+    """``KL(p || q) = sum_j p_j (log p_j - log q_j)``, teacher ``p = softmax_T(z_t)``, ``q = softmax_T(z_s)``.
+
+    Computed from log-softmaxes so that tiny probabilities do not give ``0 * log 0``. ``reduction="none"``
+    gives the per-sample values ``[N]``, ``"mean"`` their mean.
+    """
+    log_p = F.log_softmax(teacher_logits / temperature, dim=1)
+    log_q = F.log_softmax(student_logits / temperature, dim=1)
+    per_sample = (log_p.exp() * (log_p - log_q)).sum(dim=1)
+    if reduction == "none":
+        return per_sample
+    if reduction == "mean":
+        return per_sample.mean()
+    raise ValueError(f"unknown reduction {reduction!r}")
+
+
+def distillation_kl(teacher_logits: Tensor, student_logits: Tensor, temperature: float = 1.0) -> Tensor:
+    """Hinton et al.'s soft-label term ``T^2 * mean_n KL(softmax_T(z_t) || softmax_T(z_s))``.
+
+    The ``T^2`` keeps gradient magnitudes comparable across temperatures (the gradient of the KL w.r.t. the
+    student logits scales as ``1 / T^2`` for large T).
+    """
+    return temperature**2 * kl_teacher_student(teacher_logits, student_logits, temperature)
+
+
+def faithful_distillation_loss(
+    teacher_clean: Tensor,
+    student_clean: Tensor,
+    teacher_adv: Tensor,
+    student_adv: Tensor,
+    alpha: float = 0.5,
+    temperature: float = 1.0,
+) -> Tensor:
+    """The faithful-distillation objective (paper eq. 7) mixed with a clean distillation term::
+
+        L = (1 - alpha) * T^2 * KL(softmax_T(z_t(x)) || softmax_T(z_s(x)))
+            + alpha * KL(f_t(x') || f_s(x')),      x' = argmax_{x' in B(x, eps)} KL(f_t(x') || f_s(x'))
+
+    The adversarial term has both networks at the same ``x'`` and is always taken at temperature 1, because
+    faithfulness (``||f_t(x) - f_s(x)||_inf`` over the ball) is a property of the plain softmax outputs.
+    The clean term keeps the student's accuracy close to the teacher's at the data points themselves.
+    The caller finds ``x'`` (see ``attacks.pgd_teacher_student_kl``) and passes the four logit tensors.
+    """
+    if not 0.0 <= alpha <= 1.0:
+        raise ValueError(f"alpha must lie in [0, 1], got {alpha}")
+    clean = distillation_kl(teacher_clean, student_clean, temperature)
+    adversarial = kl_teacher_student(teacher_adv, student_adv)
+    return (1.0 - alpha) * clean + alpha * adversarial
+
+
+def mean_max_prob_gap(teacher_logits: Tensor, student_logits: Tensor) -> Tensor:
+    """``mean_n ||f_t(z_n) - f_s(z_n)||_inf``: the faithfulness gap at the given inputs (for logging)."""
+    with torch.no_grad():
+        return (F.softmax(teacher_logits, dim=1) - F.softmax(student_logits, dim=1)).abs().amax(dim=1).mean()
