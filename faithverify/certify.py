@@ -7,9 +7,10 @@ streamed to the results file.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -77,6 +78,18 @@ class PairBounder:
         return faithfulness_from_logit_bounds(t, s).value
 
 
+@contextlib.contextmanager
+def _threads(n: int) -> Iterator[None]:
+    """PGD's operations on small networks are too small to share between CPU threads: one thread is as fast
+    when the machine is idle and far faster when it is not (benchmarks/results/threads.md)."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
+
+
 def certify_batch(
     pair: Pair,
     bounder: PairBounder,
@@ -94,7 +107,8 @@ def certify_batch(
     clean = pair.outputs_onnxruntime(x0)
     lower, upper = input_box(x0, eps, config.domain)
     teacher, student = bounder.teacher, bounder.student
-    attack = faithfulness_attack(teacher, student, x0, lower, upper, config.pgd, eps, device=device)
+    with _threads(1):
+        attack = faithfulness_attack(teacher, student, x0, lower, upper, config.pgd, eps, device=device)
     witness_gap = np.abs(pair.gap_onnxruntime(attack.witness))
     clean_gap = np.abs(clean["gap"])
     # x0 is in the box too: the larger of the two re-checked gaps is the lower bound.
@@ -111,9 +125,19 @@ def certify_batch(
     robust = None
     if config.robustness and labels is not None:
         clock = time.perf_counter()
-        robust = robustness_attacks(
-            teacher, student, x0, labels, lower, upper, eps, config.robustness_steps, config.pgd.seed, device
-        )
+        with _threads(1):
+            robust = robustness_attacks(
+                teacher,
+                student,
+                x0,
+                labels,
+                lower,
+                upper,
+                eps,
+                config.robustness_steps,
+                config.pgd.seed,
+                device,
+            )
         seconds["robustness"] = time.perf_counter() - clock
 
     stacked = np.stack([ubs[m.value] for m in config.methods])
