@@ -1,26 +1,35 @@
-"""The certification pipeline: for each eps and batch of points, attack (EmpLB), bound (FaithUB), record.
+"""The certification pipeline: for each eps and batch of points, attack (EmpLB), bound (FaithUB), decide,
+refine with MILP where asked, record.
 
 One pass, no back and forth (DESIGN.md): clean outputs by onnxruntime -> PGD witness, re-checked by
-onnxruntime -> logit-difference bounds per network and method -> eq. 5-6 -> robustness attacks -> records
-streamed to the results file.
+onnxruntime -> logit-difference bounds per network and screening method -> eq. 5-6 -> robustness attacks ->
+with ``delta``, a verdict; the MILP stage (:mod:`faithverify.refine`) only sees the points screening leaves
+undecided (or every point, for the paper's all-pairs FaithUB) -> records streamed to the results file as each
+point is finished.
 """
 
 from __future__ import annotations
 
 import contextlib
 import copy
+import multiprocessing
 import time
-from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any
 
 import numpy as np
 import torch
+from torch import nn
 
 from faithverify.attack import PGDConfig, faithfulness_attack, input_box, robustness_attacks
 from faithverify.bounds.lirpa import BoundMethod, NetworkBounder, resolve_device
+from faithverify.bounds.milp import Solver
 from faithverify.bounds.softmax import LogitDiffBounds, faithfulness_from_logit_bounds
 from faithverify.pair import Pair
+from faithverify.refine import RefineResult, refine_point
 from faithverify.results import PointResult
+from faithverify.verdict import Verdict, decide
 
 # A witness's onnxruntime gap may exceed the bound only by float32 evaluation noise; anything more means a bug,
 # and the run stops rather than report an unsound bound.
@@ -42,6 +51,12 @@ class CertifyConfig:
     device: str = "auto"
     alpha_iterations: int = 20
     domain: tuple[float, float] = (0.0, 1.0)
+    delta: float | None = None  # threshold for a verdict per point
+    refine: bool = True  # with delta: MILP on the points screening leaves undecided
+    milp_all: bool = False  # the paper's FaithUB: MILP on every point, all pairs that can matter
+    solver: Solver = Solver.AUTO
+    milp_timeout: float = 60.0  # seconds of MILP per point
+    jobs: int = 1  # processes for the MILP stage
 
 
 class PairBounder:
@@ -52,30 +67,24 @@ class PairBounder:
         dim = int(np.prod(pair.input_shape))
         self.teacher = copy.deepcopy(pair.teacher.module).to(device=device, dtype=torch.float32).eval()
         self.student = copy.deepcopy(pair.student.module).to(device=device, dtype=torch.float32).eval()
+        self.bodies = (pair.teacher.module.flat_body(), pair.student.module.flat_body())
         self.bounders = [
-            NetworkBounder(
-                model.module.flat_body(),
-                dim,
-                pair.num_classes,
-                device=device,
-                alpha_iterations=alpha_iterations,
-            )
-            for model in (pair.teacher, pair.student)
+            NetworkBounder(body, dim, pair.num_classes, device=device, alpha_iterations=alpha_iterations)
+            for body in self.bodies
         ]
 
-    def faith_ub(self, lower: np.ndarray, upper: np.ndarray, method: BoundMethod) -> np.ndarray:
-        """FaithUB per point for boxes given in the model's input shape (float64)."""
+    def logit_bounds(
+        self, lower: np.ndarray, upper: np.ndarray, method: BoundMethod
+    ) -> tuple[LogitDiffBounds, LogitDiffBounds]:
+        """Teacher's and student's logit-difference bounds for boxes in the model's input shape."""
         lo = torch.from_numpy(lower.reshape(len(lower), -1))
         hi = torch.from_numpy(upper.reshape(len(upper), -1))
         t, s = (b.logit_diff_bounds(lo, hi, method, batch_size=len(lo)) for b in self.bounders)
-        return faithfulness_from_logit_bounds(t, s).value
+        return t, s
 
-    @staticmethod
-    def exact(pair_outputs: dict[str, np.ndarray]) -> np.ndarray:
-        """eps = 0: the box is a point, and eq. 5-6 on exact logit differences give the exact gap."""
-        t = LogitDiffBounds.point(pair_outputs["z_t"])
-        s = LogitDiffBounds.point(pair_outputs["z_s"])
-        return faithfulness_from_logit_bounds(t, s).value
+    def faith_ub(self, lower: np.ndarray, upper: np.ndarray, method: BoundMethod) -> np.ndarray:
+        """FaithUB per point for boxes given in the model's input shape (float64)."""
+        return faithfulness_from_logit_bounds(*self.logit_bounds(lower, upper, method)).value
 
 
 @contextlib.contextmanager
@@ -90,6 +99,31 @@ def _threads(n: int) -> Iterator[None]:
         torch.set_num_threads(previous)
 
 
+@dataclass
+class PendingRefinement:
+    """A point that screening left undecided (or that asks for the all-pairs MILP), with what the MILP needs."""
+
+    record: PointResult
+    lower: np.ndarray  # flat box
+    upper: np.ndarray
+    x0: np.ndarray  # flat
+    teacher: LogitDiffBounds  # [1, C, C], the tightest screening bounds
+    student: LogitDiffBounds
+    witness: np.ndarray  # the best witness so far, in the model's input shape
+
+
+def _slice(b: LogitDiffBounds, k: int) -> LogitDiffBounds:
+    return LogitDiffBounds(lower=b.lower[k : k + 1], upper=b.upper[k : k + 1])
+
+
+def _check_sound(index: int, eps: float, emp_lb: float, faith_ub: float, method: str) -> None:
+    if emp_lb > faith_ub + SOUNDNESS_SLACK:
+        raise SoundnessViolation(
+            f"point {index}, eps {eps}: witness gap {emp_lb:.8f} exceeds the {method} bound {faith_ub:.8f}; "
+            "please report this"
+        )
+
+
 def certify_batch(
     pair: Pair,
     bounder: PairBounder,
@@ -99,8 +133,8 @@ def certify_batch(
     eps: float,
     config: CertifyConfig,
     device: torch.device,
-) -> list[PointResult]:
-    """All stages for one batch of points at one eps."""
+) -> tuple[list[PointResult], list[PendingRefinement]]:
+    """Attack and screening for one batch at one eps: finished records, and the points left for the MILP."""
     n = len(indices)
     seconds: dict[str, float] = {}
     clock = time.perf_counter()
@@ -114,12 +148,20 @@ def certify_batch(
     # x0 is in the box too: the larger of the two re-checked gaps is the lower bound.
     use_witness = witness_gap.max(axis=1) >= clean_gap.max(axis=1)
     emp_gaps = np.where(use_witness[:, None], witness_gap, clean_gap)
+    witnesses = np.where(use_witness.reshape(-1, *[1] * (x0.ndim - 1)), attack.witness, x0.astype(np.float32))
     seconds["attack"] = time.perf_counter() - clock
 
     ubs: dict[str, np.ndarray] = {}
+    tightest: tuple[LogitDiffBounds, LogitDiffBounds] | None = None
     for method in config.methods:
         clock = time.perf_counter()
-        ubs[method.value] = bounder.faith_ub(lower, upper, method)
+        t_bounds, s_bounds = bounder.logit_bounds(lower, upper, method)
+        ubs[method.value] = faithfulness_from_logit_bounds(t_bounds, s_bounds).value
+        tightest = (
+            (t_bounds, s_bounds)
+            if tightest is None
+            else (tightest[0].intersect(t_bounds), tightest[1].intersect(s_bounds))
+        )
         seconds[method.value] = time.perf_counter() - clock
 
     robust = None
@@ -142,35 +184,137 @@ def certify_batch(
 
     stacked = np.stack([ubs[m.value] for m in config.methods])
     best = stacked.argmin(axis=0)
-    results = []
+    finished, pending = [], []
     for k in range(n):
         emp_lb = float(emp_gaps[k].max())
         faith_ub = float(stacked[best[k], k])
-        if emp_lb > faith_ub + SOUNDNESS_SLACK:
-            raise SoundnessViolation(
-                f"point {int(indices[k])}, eps {eps}: witness gap {emp_lb:.8f} exceeds the "
-                f"{config.methods[best[k]].value} bound {faith_ub:.8f}; please report this"
-            )
-        results.append(
-            PointResult(
-                index=int(indices[k]),
-                eps=float(eps),
-                label=None if labels is None else int(labels[k]),
-                teacher_pred=int(clean["z_t"][k].argmax()),
-                student_pred=int(clean["z_s"][k].argmax()),
-                clean_gap=float(clean_gap[k].max()),
-                emp_lb=emp_lb,
-                emp_lb_class=int(emp_gaps[k].argmax()),
-                faith_ub=faith_ub,
-                faith_ub_method=config.methods[best[k]].value,
-                bounds={m: float(v[k]) for m, v in ubs.items()},
-                teacher_robust=None if robust is None else bool(robust.teacher_robust[k]),
-                student_robust=None if robust is None else bool(robust.student_robust[k]),
-                agreement=None if robust is None else bool(robust.agreement[k]),
-                seconds={stage: t / n for stage, t in seconds.items()},
-            )
+        method = config.methods[best[k]].value
+        _check_sound(int(indices[k]), eps, emp_lb, faith_ub, method)
+        record = PointResult(
+            index=int(indices[k]),
+            eps=float(eps),
+            label=None if labels is None else int(labels[k]),
+            teacher_pred=int(clean["z_t"][k].argmax()),
+            student_pred=int(clean["z_s"][k].argmax()),
+            clean_gap=float(clean_gap[k].max()),
+            emp_lb=emp_lb,
+            emp_lb_class=int(emp_gaps[k].argmax()),
+            faith_ub=faith_ub,
+            faith_ub_method=method,
+            bounds={m: float(v[k]) for m, v in ubs.items()},
+            teacher_robust=None if robust is None else bool(robust.teacher_robust[k]),
+            student_robust=None if robust is None else bool(robust.student_robust[k]),
+            agreement=None if robust is None else bool(robust.agreement[k]),
+            seconds={stage: t / n for stage, t in seconds.items()},
         )
-    return results
+        verdict = decide(emp_lb, faith_ub, config.delta) if config.delta is not None else None
+        wants_milp = config.milp_all or (config.refine and verdict is Verdict.UNKNOWN)
+        if wants_milp and tightest is not None:
+            pending.append(
+                PendingRefinement(
+                    record, lower[k].reshape(-1), upper[k].reshape(-1), x0[k].reshape(-1),
+                    _slice(tightest[0], k), _slice(tightest[1], k), witnesses[k],
+                )
+            )  # fmt: skip
+            continue
+        if verdict is not None:
+            record.verdict = verdict.value
+            record.decided_by = _decider(verdict, method)
+            if verdict is Verdict.VIOLATED:
+                record.witness = witnesses[k].reshape(-1).tolist()
+        finished.append(record)
+    return finished, pending
+
+
+def _decider(verdict: Verdict, bound_method: str) -> str | None:
+    return {Verdict.VIOLATED: "attack", Verdict.CERTIFIED: bound_method}.get(verdict)
+
+
+# --- the MILP stage -------------------------------------------------------------------------------------------
+
+_WORKER_BODIES: tuple[nn.Module, nn.Module] | None = None
+
+
+def _init_worker(bodies: tuple[nn.Module, nn.Module]) -> None:
+    global _WORKER_BODIES
+    torch.set_num_threads(1)
+    _WORKER_BODIES = bodies
+
+
+def _refine_in_worker(args: tuple[int, PendingRefinement, CertifyConfig]) -> tuple[int, RefineResult]:
+    key, item, config = args
+    assert _WORKER_BODIES is not None
+    return key, _refine(_WORKER_BODIES, item, config)
+
+
+def _refine(
+    bodies: tuple[nn.Module, nn.Module], item: PendingRefinement, config: CertifyConfig
+) -> RefineResult:
+    return refine_point(
+        bodies[0], bodies[1], item.lower, item.upper, item.teacher, item.student, item.x0,
+        delta=None if config.milp_all else config.delta, solver=config.solver, time_budget=config.milp_timeout,
+        solve_limit=config.milp_timeout / 4,
+    )  # fmt: skip
+
+
+def finish_refinement(
+    pair: Pair, item: PendingRefinement, result: RefineResult, config: CertifyConfig
+) -> PointResult:
+    """Fold the MILP's result into the point's record: its bound, its witnesses (re-checked by onnxruntime),
+    the verdict."""
+    record = replace(item.record, bounds=dict(item.record.bounds), seconds=dict(item.record.seconds))
+    record.bounds["milp"] = result.faith_ub
+    if result.faith_ub < record.faith_ub:
+        record.faith_ub, record.faith_ub_method = result.faith_ub, "milp"
+    witness = item.witness
+    if result.witnesses:
+        candidates = np.stack(result.witnesses).reshape(len(result.witnesses), *pair.input_shape)
+        candidates = np.clip(
+            candidates, item.lower.reshape(pair.input_shape), item.upper.reshape(pair.input_shape)
+        )
+        gaps = np.abs(pair.gap_onnxruntime(candidates.astype(np.float32)))
+        k = int(gaps.max(axis=1).argmax())
+        if gaps[k].max() > record.emp_lb and _inside(candidates[k], item):
+            record.emp_lb, record.emp_lb_class = float(gaps[k].max()), int(gaps[k].argmax())
+            witness = candidates[k].astype(np.float32)
+    _check_sound(record.index, record.eps, record.emp_lb, record.faith_ub, record.faith_ub_method)
+    record.milp = {
+        "faith_ub": result.faith_ub, "solves": result.solves, "exact": result.exact,
+        "timed_out": result.timed_out, "solver": result.solver,
+    }  # fmt: skip
+    record.seconds["milp"] = result.seconds
+    if config.delta is not None:
+        verdict = decide(record.emp_lb, record.faith_ub, config.delta)
+        record.verdict = verdict.value
+        decided_by = {Verdict.VIOLATED: "attack", Verdict.CERTIFIED: record.faith_ub_method}.get(verdict)
+        if verdict is Verdict.VIOLATED and witness is not item.witness:
+            decided_by = "milp"  # the MILP's incumbent was the witness
+        record.decided_by = decided_by
+        if verdict is Verdict.VIOLATED:
+            record.witness = np.asarray(witness, dtype=np.float32).reshape(-1).tolist()
+    return record
+
+
+def _inside(x: np.ndarray, item: PendingRefinement) -> bool:
+    flat = x.reshape(-1).astype(np.float32).astype(np.float64)
+    return bool(np.all(flat >= item.lower) and np.all(flat <= item.upper))
+
+
+def _run_refinements(
+    pair: Pair,
+    bodies: tuple[nn.Module, nn.Module],
+    items: list[PendingRefinement],
+    config: CertifyConfig,
+    pool: Any,
+) -> Iterable[PointResult]:
+    """Refine points one by one, or in a process pool; yield each record as soon as its point is done."""
+    if pool is None:
+        for item in items:
+            yield finish_refinement(pair, item, _refine(bodies, item, config), config)
+        return
+    jobs = [(k, item, config) for k, item in enumerate(items)]
+    for k, result in pool.imap_unordered(_refine_in_worker, jobs):
+        yield finish_refinement(pair, items[k], result, config)
 
 
 def certify(
@@ -185,8 +329,8 @@ def certify(
 ) -> list[PointResult]:
     """Run the pipeline over points ``x`` (in the model's input shape) and every eps of ``config``.
 
-    ``done`` lists ``(index, eps)`` already computed (``--resume``); ``on_batch`` receives each finished batch
-    (the results file writer).
+    ``done`` lists ``(index, eps)`` already computed (``--resume``); ``on_batch`` receives finished records as
+    they come (the results file writer): a batch's screened points at once, then each refined point.
     """
     from tqdm.auto import tqdm
 
@@ -201,23 +345,37 @@ def certify(
     ]
     total = sum(len(t) for _, t in todo)
     out: list[PointResult] = []
-    with tqdm(total=total, desc="certify", unit="pt", disable=not progress, dynamic_ncols=True) as bar:
-        for eps, positions in todo:
-            bar.set_postfix(eps=eps)
-            for start in range(0, len(positions), config.batch_size):
-                chunk = positions[start : start + config.batch_size]
-                batch = certify_batch(
-                    pair,
-                    bounder,
-                    indices[chunk],
-                    x[chunk],
-                    None if labels is None else labels[chunk],
-                    float(eps),
-                    config,
-                    device,
-                )
-                out.extend(batch)
-                if on_batch is not None:
-                    on_batch(batch)
-                bar.update(len(chunk))
+    pool = None
+    if config.jobs > 1 and (config.milp_all or (config.delta is not None and config.refine)):
+        # spawn, not fork: a forked child would inherit torch's OpenMP state mid-flight.
+        bodies = tuple(copy.deepcopy(b).double() for b in bounder.bodies)
+        pool = multiprocessing.get_context("spawn").Pool(
+            config.jobs, initializer=_init_worker, initargs=(bodies,)
+        )
+
+    def emit(records: list[PointResult]) -> None:
+        out.extend(records)
+        if on_batch is not None and records:
+            on_batch(records)
+        bar.update(len(records))
+
+    try:
+        with tqdm(total=total, desc="certify", unit="pt", disable=not progress, dynamic_ncols=True) as bar:
+            for eps, positions in todo:
+                bar.set_postfix(eps=eps)
+                for start in range(0, len(positions), config.batch_size):
+                    chunk = positions[start : start + config.batch_size]
+                    finished, pending = certify_batch(
+                        pair, bounder, indices[chunk], x[chunk], None if labels is None else labels[chunk],
+                        float(eps), config, device,
+                    )  # fmt: skip
+                    emit(finished)
+                    if pending:
+                        bar.set_postfix(eps=eps, stage="milp")
+                        for record in _run_refinements(pair, bounder.bodies, pending, config, pool):
+                            emit([record])
+                        bar.set_postfix(eps=eps)
+    finally:
+        if pool is not None:
+            pool.terminate()
     return out

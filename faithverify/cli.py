@@ -50,6 +50,14 @@ def _check_eps(_ctx: click.Context, _param: click.Parameter, values: tuple[float
     return values
 
 
+def _check_delta(value: float | None) -> float | None:
+    if value is not None and not (math.isfinite(value) and 0 <= value <= 1):
+        raise click.BadParameter(
+            f"{value} is not a confidence gap: delta must be in [0, 1]", param_hint="--delta"
+        )
+    return value
+
+
 def _sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
@@ -128,6 +136,50 @@ def main() -> None:
     help="Upper-bound methods (repeat for several). FaithUB is the smallest of them; each is reported.",
 )
 @click.option(
+    "--delta",
+    type=float,
+    default=None,
+    callback=lambda _c, _p, v: _check_delta(v),
+    help="Threshold on the confidence gap: each point gets a verdict, certified (FaithUB <= DELTA), "
+    "violated (a witness with gap > DELTA, re-checked by onnxruntime and saved) or unknown.",
+)
+@click.option(
+    "--method",
+    type=click.Choice(["screen", "milp"]),
+    default="screen",
+    show_default=True,
+    help="screen: the --bounds methods, then (with --delta) an exact MILP only on the points they leave "
+    "undecided. milp: the paper's FaithUB, an exact MILP on every point.",
+)
+@click.option(
+    "--refine/--no-refine",
+    default=True,
+    show_default=True,
+    help="With --delta: refine undecided points with the MILP.",
+)
+@click.option(
+    "--solver",
+    type=click.Choice(["auto", "highs", "gurobi"]),
+    default="auto",
+    show_default=True,
+    help="MILP solver. auto: Gurobi where its license accepts the model, HiGHS otherwise.",
+)
+@click.option(
+    "--timeout",
+    "milp_timeout",
+    type=click.FloatRange(min=0.1),
+    default=60.0,
+    show_default=True,
+    help="Seconds of MILP per point; a stopped solve contributes its dual bound, never its incumbent.",
+)
+@click.option(
+    "--jobs",
+    type=click.IntRange(min=1),
+    default=1,
+    show_default=True,
+    help="Processes for the MILP stage (points are refined in parallel).",
+)
+@click.option(
     "--alpha-iterations",
     type=click.IntRange(min=1),
     default=20,
@@ -201,6 +253,12 @@ def certify(
     start: int,
     domain: tuple[float, float],
     methods: tuple[str, ...],
+    delta: float | None,
+    method: str,
+    refine: bool,
+    solver: str,
+    milp_timeout: float,
+    jobs: int,
     alpha_iterations: int,
     attack_steps: int,
     restarts: int,
@@ -224,11 +282,14 @@ def certify(
     Examples:
       faithverify certify models/mnist/teacher.onnx models/mnist/student-fd.onnx --eps 0.05
       faithverify certify T.onnx S.onnx --data mnist --n 1000 --eps 0.05 --out r.jsonl --resume
+      faithverify certify T.onnx S.onnx --eps 0.05 --delta 0.2          # verdicts; MILP only where needed
+      faithverify certify T.onnx S.onnx --eps 0.1 --method milp --solver highs --timeout 30 --jobs 2
     """
     import numpy as np
 
     from faithverify.attack import PGDConfig
     from faithverify.bounds.lirpa import BoundMethod
+    from faithverify.bounds.milp import Solver
     from faithverify.certify import CertifyConfig
     from faithverify.certify import certify as run_certify
     from faithverify.data import fit_to_input_shape, load_dataset
@@ -266,6 +327,12 @@ def certify(
         device=device,
         alpha_iterations=alpha_iterations,
         domain=domain,
+        delta=delta,
+        refine=refine,
+        milp_all=method == "milp",
+        solver=Solver(solver),
+        milp_timeout=milp_timeout,
+        jobs=jobs,
     )
     settings = {
         "teacher_sha256": _sha256(teacher),

@@ -33,3 +33,7 @@ class ResultsFileError(FaithverifyError):
 
 class BoundingError(FaithverifyError):
     """The bound propagation library cannot handle this (supported, converted) model."""
+
+
+class SolverError(FaithverifyError):
+    """A MILP solver is missing, unlicensed for the model, or failed on it."""

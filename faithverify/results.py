@@ -37,6 +37,10 @@ class PointResult:
     student_robust: bool | None = None
     agreement: bool | None = None  # Def. 3: empirical distillation agreement
     seconds: dict[str, float] = field(default_factory=dict)  # per stage, amortised over the batch
+    verdict: str | None = None  # with --delta: certified | violated | unknown
+    decided_by: str | None = None  # the stage that decided it: attack, ibp, crown, alpha-crown or milp
+    milp: dict[str, Any] | None = None  # the MILP stage: faith_ub, solves, exact, timed_out, solver
+    witness: list[float] | None = None  # for a violated point: the input (flat) whose gap exceeds delta
 
     def to_json(self) -> str:
         return json.dumps({"kind": "point", **asdict(self)}, allow_nan=True)
@@ -173,6 +177,8 @@ class EpsSummary:
     teacher_accuracy: float  # clean
     student_accuracy: float
     seconds_per_point: dict[str, float]
+    verdicts: dict[str, int] = field(default_factory=dict)  # with --delta: certified / violated / unknown
+    decided_by: dict[str, int] = field(default_factory=dict)  # which stage decided the points
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -199,16 +205,26 @@ def summarize(points: Sequence[PointResult]) -> list[EpsSummary]:
                 teacher_accuracy=_share([p.teacher_pred == p.label for p in labelled]),
                 student_accuracy=_share([p.student_pred == p.label for p in labelled]),
                 seconds_per_point={s: float(np.mean([p.seconds.get(s, 0.0) for p in group])) for s in stages},
+                verdicts=_count(p.verdict for p in group),
+                decided_by=_count(p.decided_by for p in group),
             )
         )
     return rows
+
+
+def _count(values: Iterable[str | None]) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for v in values:
+        if v is not None:
+            counts[v] = counts.get(v, 0) + 1
+    return counts
 
 
 def _pct(x: float) -> str:
     return "-" if math.isnan(x) else f"{100 * x:.1f}%"
 
 
-_METHOD_ORDER = {"ibp": 0, "crown": 1, "alpha-crown": 2}
+_METHOD_ORDER = {"ibp": 0, "crown": 1, "alpha-crown": 2, "milp": 3}
 
 
 def _methods(rows: Sequence[EpsSummary]) -> list[str]:
@@ -221,6 +237,9 @@ def format_table(rows: Sequence[EpsSummary]) -> str:
     methods = _methods(rows)
     head = ["eps", "n", "EmpLB", "FaithUB", *[f"UB {m}" for m in methods]]
     head += ["agreement", "robust T", "robust S", "clean T", "clean S", "ms/point"]
+    with_verdicts = any(r.verdicts for r in rows)
+    if with_verdicts:
+        head += ["certified / violated / unknown", "decided by"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
         cells = [f"{r.eps:g}", str(r.n), str(r.emp_lb), str(r.faith_ub)]
@@ -228,6 +247,12 @@ def format_table(rows: Sequence[EpsSummary]) -> str:
         cells += [_pct(r.agreement), _pct(r.teacher_robust_accuracy), _pct(r.student_robust_accuracy)]
         cells += [_pct(r.teacher_accuracy), _pct(r.student_accuracy)]
         cells.append(f"{1000 * sum(r.seconds_per_point.values()):.1f}")
+        if with_verdicts:
+            v = r.verdicts
+            cells.append(f"{v.get('certified', 0)} / {v.get('violated', 0)} / {v.get('unknown', 0)}")
+            cells.append(
+                ", ".join(f"{k} {n}" for k, n in sorted(r.decided_by.items(), key=lambda kv: -kv[1]))
+            )
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 

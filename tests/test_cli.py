@@ -230,3 +230,22 @@ def test_summary_of_a_results_file(models: dict[str, Path], tmp_path: Path) -> N
     garbage = tmp_path / "garbage.jsonl"
     garbage.write_text("{not json\n")
     expect_bad_input(invoke("summary", garbage), "line 1")
+
+
+@pytest.mark.parametrize("delta", ["-0.1", "1.5", "nan"])
+def test_bad_delta(models: dict[str, Path], delta: str) -> None:
+    result = invoke("certify", models["teacher"], models["student"], "--data", models["data"], "--eps", "0.1",
+                    "--delta", delta)  # fmt: skip
+    expect_bad_input(result, "delta")
+
+
+def test_delta_gives_verdicts_in_records_and_summary(models: dict[str, Path], tmp_path: Path) -> None:
+    out = tmp_path / "r.jsonl"
+    result = invoke(
+        "certify", models["teacher"], models["student"], "--data", models["data"], "--eps", "0.05", "--n", "4",
+        "--delta", "0.1", "--solver", "highs", "--timeout", "20", "--out", out, *FAST,
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert "certified / violated / unknown" in result.output
+    points = [json.loads(line) for line in out.read_text().splitlines()[1:]]
+    assert len(points) == 4 and all(p["verdict"] in ("certified", "violated", "unknown") for p in points)

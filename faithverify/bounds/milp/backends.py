@@ -1,0 +1,419 @@
+"""The two MILP solvers behind one small interface: HiGHS (highspy, MIT, no size limit) and Gurobi (gurobipy).
+
+Both maximise ``cost·v + offset`` over a :class:`MilpModel` built once; only the objective changes between
+solves. What each returns as the bound is the solver's *dual* bound (best bound) on the maximum, never the
+incumbent, so it stays an upper bound of the optimum when a solve stops early (time limit, cut-off).
+
+Behaviour verified on highspy 1.16 / gurobipy 13 (tests/test_milp.py repeats the checks that matter):
+
+- HiGHS, objective sense ``kMaximize``: ``getInfo().mip_dual_bound`` and the callback's ``mip_dual_bound``
+  are upper bounds in the maximisation sense (they fall towards the optimum as branching proceeds) and include
+  the objective offset; the callback's ``mip_primal_bound`` is the incumbent, also in the maximisation sense,
+  ``-inf`` before one is found (``+inf`` for the dual bound before the root LP). ``time_limit`` applies to each
+  ``run()`` separately, not to the object's life. A ``kCallbackMipInterrupt`` callback that calls
+  ``interrupt()`` stops the solve with model status ``kInterrupt``, after which ``mip_dual_bound`` is still the
+  valid bound at that moment.
+- Gurobi, ``ModelSense = -1``: ``ObjBound`` is the upper bound, valid also at a time limit or user objective
+  limit. For a maximisation ``BestBdStop = s`` stops once ``ObjBound <= s`` and ``BestObjStop = s`` once the
+  incumbent ``>= s`` (status ``USER_OBJ_LIMIT``). The matrix API (``addMConstr``, ``A @ x``) needs scipy, which
+  this project does not install, so rows are added one ``LinExpr`` at a time (0.5 s for 1.5 M nonzeros).
+  The bundled PyPI license refuses models over 2000 variables or 2000 constraints with errno 10010 at
+  ``optimize()``.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import os
+import sys
+import time
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Any, Protocol
+
+import numpy as np
+
+from faithverify.bounds.milp.encoding import MilpModel
+from faithverify.errors import SolverError
+
+# Tolerances set on both solvers. The dual feasibility (optimality) tolerance enters the soundness margin
+# (faithverify.bounds.milp.model), so it is set tight; 1e-9 is the smallest value both solvers accept.
+DUAL_FEASIBILITY_TOL = 1e-9
+PRIMAL_FEASIBILITY_TOL = 1e-9
+INTEGRALITY_TOL = 1e-9
+GUROBI_SIZE_LIMIT = 2000
+_GUROBI_LICENSE_LIMIT_ERRNO = 10010
+
+
+class Status(StrEnum):
+    OPTIMAL = "optimal"  # proven optimal within the MIP gap tolerances
+    TIME_LIMIT = "time_limit"
+    BOUND_BELOW_CUTOFF = "bound_below_cutoff"  # the dual bound proved the maximum <= cutoff
+    INCUMBENT_ABOVE_CUTOFF = "incumbent_above_cutoff"  # a feasible solution is above the cutoff
+    STOPPED = "stopped"  # any other early stop (node or solution limit, interrupt)
+
+
+@dataclass(frozen=True)
+class StopRule:
+    """Stop as soon as the dual bound is ``<= bound_at_most`` or the incumbent is ``> incumbent_above``."""
+
+    bound_at_most: float
+    incumbent_above: float
+
+
+@dataclass(frozen=True)
+class RawSolve:
+    """What a solver reports, before the soundness margin."""
+
+    dual_bound: float  # upper bound of the maximum; +inf when the solver has none
+    incumbent: float | None
+    solution: np.ndarray | None  # values of all variables at the incumbent
+    status: Status
+    seconds: float
+
+
+class GurobiLicenseLimit(SolverError):
+    """gurobipy's size-limited license refused the model (errno 10010)."""
+
+
+class Backend(Protocol):
+    name: str
+
+    def solve(
+        self,
+        cost: np.ndarray,
+        offset: float,
+        time_limit: float | None,
+        stop: StopRule | None,
+        start: np.ndarray,
+    ) -> RawSolve:
+        """Maximise ``cost·v + offset``, starting from the feasible point ``start``."""
+        ...
+
+
+@dataclass(frozen=True)
+class SolverOptions:
+    threads: int = 1
+    mip_rel_gap: float = 1e-4
+    mip_abs_gap: float = 1e-6
+
+
+class HighsBackend:
+    """HiGHS through highspy; the model is passed once in row-wise (CSR) form."""
+
+    name = "highs"
+
+    def __init__(self, model: MilpModel, options: SolverOptions) -> None:
+        import highspy
+
+        self._highspy = highspy
+        h = new_highs()
+        self._threads = options.threads
+        # Without integer columns HiGHS solves an LP and leaves mip_dual_bound at 0 (seen in highspy 1.16: a
+        # maximum of 0.94 reported with dual bound 0), so an LP's bound is read from its optimal objective.
+        self._is_lp = model.num_binaries == 0
+        for key, value in {
+            "output_flag": False,
+            "threads": options.threads,
+            "mip_rel_gap": options.mip_rel_gap,
+            "mip_abs_gap": options.mip_abs_gap,
+            "mip_feasibility_tolerance": INTEGRALITY_TOL,
+            "primal_feasibility_tolerance": PRIMAL_FEASIBILITY_TOL,
+            "dual_feasibility_tolerance": DUAL_FEASIBILITY_TOL,
+        }.items():
+            _highs_ok(h.setOptionValue(key, value), f"set option {key}")
+        a = model.matrix
+        status = h.passModel(
+            model.num_cols,
+            model.num_rows,
+            a.nnz,
+            int(highspy.MatrixFormat.kRowwise),
+            int(highspy.ObjSense.kMaximize),
+            0.0,
+            np.zeros(model.num_cols),
+            model.col_lower,
+            model.col_upper,
+            model.row_lower,
+            model.row_upper,
+            a.indptr().astype(np.int32),
+            a.cols.astype(np.int32),
+            a.vals,
+            model.integrality.astype(np.int32),  # 1 = kInteger, 0 = kContinuous
+        )
+        _highs_ok(status, "pass the model to")
+        self._h = h
+        self._cols = np.arange(model.num_cols, dtype=np.int32)
+
+    def solve(
+        self,
+        cost: np.ndarray,
+        offset: float,
+        time_limit: float | None,
+        stop: StopRule | None,
+        start: np.ndarray,
+    ) -> RawSolve:
+        h = self._h
+        _highs_ok(h.changeColsCost(len(self._cols), self._cols, cost), "set the objective in")
+        _highs_ok(h.changeObjectiveOffset(offset), "set the objective offset in")
+        # Without a start HiGHS's heuristics often find no feasible point at all on these models. It must come
+        # after the objective: changing the model discards a solution set before.
+        _highs_ok(h.setSolution(len(self._cols), self._cols, start), "set the start of")
+        _highs_ok(
+            h.setOptionValue("time_limit", math.inf if time_limit is None else time_limit), "set time_limit"
+        )
+        reason: list[Status] = []
+
+        def on_interrupt(event: Any) -> None:
+            # Called from HiGHS's branch and bound; both values are in the maximisation sense (module docstring).
+            assert stop is not None
+            out = event.data_out
+            if out.mip_dual_bound <= stop.bound_at_most:
+                reason.append(Status.BOUND_BELOW_CUTOFF)
+            elif out.mip_primal_bound > stop.incumbent_above:
+                reason.append(Status.INCUMBENT_ABOVE_CUTOFF)
+            if reason:
+                event.interrupt()
+
+        if stop is not None:
+            h.cbMipInterrupt.subscribe(on_interrupt)
+        began = time.perf_counter()
+        highs_threads(self._threads)
+        try:
+            _highs_ok(h.run(), "solve with")
+        finally:
+            if stop is not None:
+                h.cbMipInterrupt.unsubscribe(on_interrupt)
+        seconds = time.perf_counter() - began
+        return self._result(reason[0] if reason else None, seconds)
+
+    def _result(self, reason: Status | None, seconds: float) -> RawSolve:
+        hs = self._highspy
+        h = self._h
+        model_status = h.getModelStatus()
+        info = h.getInfo()
+        statuses = {
+            hs.HighsModelStatus.kOptimal: Status.OPTIMAL,
+            hs.HighsModelStatus.kTimeLimit: Status.TIME_LIMIT,
+        }
+        if model_status == hs.HighsModelStatus.kInterrupt and reason is not None:
+            status = reason
+        elif model_status in statuses:
+            status = statuses[model_status]
+        elif model_status in (hs.HighsModelStatus.kInfeasible, hs.HighsModelStatus.kUnboundedOrInfeasible):
+            raise SolverError(
+                "HiGHS reports the network's MILP infeasible: the input box or the layer bounds are wrong"
+            )
+        elif model_status in (hs.HighsModelStatus.kSolveError, hs.HighsModelStatus.kModelError):
+            raise SolverError(f"HiGHS failed: {h.modelStatusToString(model_status)}")
+        else:
+            status = Status.STOPPED
+        has_solution = info.primal_solution_status == hs.SolutionStatus.kSolutionStatusFeasible
+        dual = float(info.mip_dual_bound)
+        if self._is_lp:
+            # At LP optimality primal and dual objectives agree up to the dual feasibility tolerance, which
+            # soundness_margin covers; short of optimality there is no bound.
+            dual = float(info.objective_function_value) if status is Status.OPTIMAL else math.inf
+        return RawSolve(
+            dual_bound=dual if math.isfinite(dual) else math.inf,  # none yet (+inf) or not a number
+            incumbent=float(info.objective_function_value) if has_solution else None,
+            solution=np.array(h.getSolution().col_value) if has_solution else None,
+            status=status,
+            seconds=seconds,
+        )
+
+
+def new_highs() -> Any:
+    """A quiet ``highspy.Highs``. The first one in a process prints a banner to stdout from C++ before any
+    option can be set; stdout (file descriptor 1, where the banner goes) is pointed at /dev/null meanwhile, so
+    that it cannot mix into output such as JSON on stdout."""
+    import highspy
+
+    if _HIGHS.banner_shown:
+        h = highspy.Highs()
+    else:
+        sys.stdout.flush()
+        saved = os.dup(1)
+        try:
+            with open(os.devnull, "w") as devnull:
+                os.dup2(devnull.fileno(), 1)
+                h = highspy.Highs()
+        finally:
+            os.dup2(saved, 1)
+            os.close(saved)
+        _HIGHS.banner_shown = True
+    h.setOptionValue("output_flag", False)
+    return h
+
+
+@dataclass
+class _HighsProcess:
+    """What this process's HiGHS has done so far (both are process-wide in HiGHS)."""
+
+    banner_shown: bool = False
+    scheduler_threads: int | None = None
+
+
+_HIGHS = _HighsProcess()
+
+
+def highs_threads(n: int) -> None:
+    """Make HiGHS's thread scheduler fit a run with option ``threads = n``.
+
+    The scheduler is created by the first run in a process (thread) and kept: a later run asking for another
+    count fails ("the scheduler has already been initialized to use 1 threads"). So it is reset whenever the
+    count changes; call this right before ``run()``.
+    """
+    import highspy
+
+    if _HIGHS.scheduler_threads not in (None, n):
+        highspy.Highs.resetThreadScheduler(True)
+    _HIGHS.scheduler_threads = n
+
+
+def _highs_ok(status: Any, action: str) -> None:
+    import highspy
+
+    if status == highspy.HighsStatus.kError:
+        raise SolverError(f"HiGHS could not {action} the model")
+
+
+@functools.cache
+def gurobi_env() -> Any:
+    """One quiet Gurobi environment per process; raises SolverError when gurobipy or its license is missing."""
+    try:
+        import gurobipy as gp
+
+        env = gp.Env(empty=True)
+        env.setParam("OutputFlag", 0)
+        env.start()
+        return env
+    except ImportError as exc:
+        raise SolverError("gurobipy is not installed") from exc
+    except Exception as exc:  # gurobipy.GurobiError: no or invalid license
+        raise SolverError(f"Gurobi is not usable: {exc}") from exc
+
+
+@functools.cache
+def gurobi_size_limited() -> bool:
+    """Whether this Gurobi license is the bundled size-limited one (it refuses a model of 2001 variables)."""
+    import gurobipy as gp
+
+    m = gp.Model(env=gurobi_env())
+    try:
+        m.addMVar(GUROBI_SIZE_LIMIT + 1, lb=0.0, ub=1.0)
+        m.optimize()
+        return False
+    except gp.GurobiError as exc:
+        if exc.errno == _GUROBI_LICENSE_LIMIT_ERRNO:
+            return True
+        raise SolverError(f"Gurobi is not usable: {exc}") from exc
+    finally:
+        m.dispose()
+
+
+class GurobiBackend:
+    """Gurobi through gurobipy (rows as LinExpr: the matrix API would need scipy)."""
+
+    name = "gurobi"
+
+    def __init__(self, model: MilpModel, options: SolverOptions) -> None:
+        import gurobipy as gp
+
+        self._gp = gp
+        m = gp.Model(env=gurobi_env())
+        for key, value in {
+            "Threads": options.threads,
+            "MIPGap": options.mip_rel_gap,
+            "MIPGapAbs": options.mip_abs_gap,
+            "IntFeasTol": INTEGRALITY_TOL,
+            "FeasibilityTol": PRIMAL_FEASIBILITY_TOL,
+            "OptimalityTol": DUAL_FEASIBILITY_TOL,
+        }.items():
+            m.setParam(key, value)
+        vtype = np.where(model.integrality, gp.GRB.BINARY, gp.GRB.CONTINUOUS)
+        vtype = np.where(
+            model.integrality & ((model.col_lower != 0) | (model.col_upper != 1)), gp.GRB.INTEGER, vtype
+        )
+        x = m.addMVar(model.num_cols, lb=model.col_lower, ub=model.col_upper, vtype=vtype)
+        _add_rows(m, x.tolist(), model)
+        m.ModelSense = gp.GRB.MAXIMIZE
+        self._m, self._x = m, x
+        self._no_stop = (m.getParamInfo("BestBdStop")[5], m.getParamInfo("BestObjStop")[5])
+
+    def solve(
+        self,
+        cost: np.ndarray,
+        offset: float,
+        time_limit: float | None,
+        stop: StopRule | None,
+        start: np.ndarray,
+    ) -> RawSolve:
+        gp, m = self._gp, self._m
+        self._x.setAttr("Obj", cost)
+        self._x.setAttr("Start", start)
+        m.ObjCon = offset
+        m.setParam("TimeLimit", gp.GRB.INFINITY if time_limit is None else time_limit)
+        m.setParam("BestBdStop", stop.bound_at_most if stop else self._no_stop[0])
+        # BestObjStop stops at incumbent >= s; the rule asks for > incumbent_above.
+        m.setParam("BestObjStop", np.nextafter(stop.incumbent_above, math.inf) if stop else self._no_stop[1])
+        began = time.perf_counter()
+        try:
+            m.optimize()
+        except gp.GurobiError as exc:
+            if exc.errno == _GUROBI_LICENSE_LIMIT_ERRNO:
+                raise GurobiLicenseLimit(str(exc)) from exc
+            raise SolverError(f"Gurobi failed: {exc}") from exc
+        return self._result(stop, time.perf_counter() - began)
+
+    def _result(self, stop: StopRule | None, seconds: float) -> RawSolve:
+        grb, m = self._gp.GRB, self._m
+        if m.Status in (grb.INFEASIBLE, grb.INF_OR_UNBD):
+            raise SolverError(
+                "Gurobi reports the network's MILP infeasible: the input box or the layer bounds are wrong"
+            )
+        has_solution = m.SolCount > 0
+        incumbent = float(m.ObjVal) if has_solution else None
+        try:
+            dual = float(m.ObjBound)
+        except (AttributeError, self._gp.GurobiError):  # no bound available (stopped before the root LP)
+            dual = math.inf
+        if m.Status == grb.OPTIMAL:
+            status = Status.OPTIMAL
+        elif m.Status == grb.TIME_LIMIT:
+            status = Status.TIME_LIMIT
+        elif m.Status == grb.USER_OBJ_LIMIT and stop is not None:
+            below = dual <= stop.bound_at_most
+            status = Status.BOUND_BELOW_CUTOFF if below else Status.INCUMBENT_ABOVE_CUTOFF
+        elif m.Status in (grb.NUMERIC, grb.LOADED):
+            raise SolverError(f"Gurobi failed with status {m.Status}")
+        else:
+            status = Status.STOPPED
+        return RawSolve(
+            dual_bound=dual,
+            incumbent=incumbent,
+            solution=np.asarray(self._x.X) if has_solution else None,
+            status=status,
+            seconds=seconds,
+        )
+
+
+def _add_rows(m: Any, xs: list[Any], model: MilpModel) -> None:
+    """One linear constraint per row: ``=`` where both sides are equal, else the finite side."""
+    import gurobipy as gp
+
+    a = model.matrix
+    ptr = a.indptr()
+    cols, vals = a.cols.tolist(), a.vals.tolist()
+    for r in range(model.num_rows):
+        lo, hi = float(model.row_lower[r]), float(model.row_upper[r])
+        expr = gp.LinExpr(vals[ptr[r] : ptr[r + 1]], [xs[c] for c in cols[ptr[r] : ptr[r + 1]]])
+        if lo == hi:
+            m.addLConstr(expr, gp.GRB.EQUAL, lo)
+        elif math.isfinite(lo) and math.isfinite(hi):
+            m.addRange(expr, lo, hi)
+        elif math.isfinite(lo):
+            m.addLConstr(expr, gp.GRB.GREATER_EQUAL, lo)
+        else:
+            m.addLConstr(expr, gp.GRB.LESS_EQUAL, hi)
+    m.update()
