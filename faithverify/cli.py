@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import math
 import os
 import sys
@@ -70,8 +71,11 @@ def main() -> None:
     For a teacher/student pair given as ONNX classifiers and points x0 with a radius eps, faithverify bounds
     max ||softmax(teacher(x)) - softmax(student(x))||_inf over the L-inf ball around x0: a lower bound by
     attack (EmpLB, with a witness re-checked by onnxruntime) and a sound upper bound (FaithUB, by bound
-    propagation through auto_LiRPA). See the README for the quick start.
+    propagation, refined by an exact MILP where asked). See the README for the quick start.
     """
+    # Library warnings (a Gurobi license that refuses a model, a fallback to slower bounds) reach the user as
+    # one line each; progress and results are printed by the commands themselves.
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
 
 
 @main.command()
@@ -380,6 +384,14 @@ def certify(
             f"{pair.teacher.max_abs_diff:.1e}); student {student} ({pair.student.max_abs_diff:.1e})"
         )
         click.echo(format_table(rows))
+        refined = [p for p in points if p.milp is not None]
+        if refined:
+            solvers = sorted({str(p.milp["solver"]) for p in refined if p.milp})
+            exact = sum(1 for p in refined if p.milp and p.milp["exact"] and not p.milp["timed_out"])
+            click.echo(
+                f"MILP stage: {len(refined)} points refined with {', '.join(solvers)}; {exact} exact, "
+                f"{len(refined) - exact} with dual bounds at the --timeout of {milp_timeout:g} s (sound, not tight)"
+            )
         if out is not None:
             click.echo(f"per-point results: {out}")
 
