@@ -10,7 +10,8 @@ tighter than a value the network actually takes). It stops when
 
 - with a threshold ``delta``: every term is ``<= delta`` (certified), or the largest term has nothing left to
   solve (its bounds are exact or timed out: eq. 5-6 cannot go lower), or the time budget is spent;
-- without one (``all_pairs``): every solve that could move FaithUB by more than ``_NEGLIGIBLE`` is done.
+- without one (the paper's FaithUB): the largest term's bounds are all final (exact or out of time), so no
+  solve can lower FaithUB further.
 
 Every bound used is a solver's dual bound plus a margin (:mod:`faithverify.bounds.milp.model`), intersected
 with CROWN's. The incumbents' inputs are kept as candidate witnesses for the attack's lower bound.
@@ -30,7 +31,7 @@ from torch import nn
 from faithverify.bounds.milp import NetworkMILP, Solver
 from faithverify.bounds.softmax import LogitDiffBounds, softmax_bounds
 
-_NEGLIGIBLE = 1e-6  # a solve that cannot move FaithUB by more than this is skipped in all-pairs mode
+_NEGLIGIBLE = 1e-9  # a bound this close to a value the network takes needs no solve
 
 
 @dataclass
@@ -155,21 +156,20 @@ def refine_point(
         elapsed = time.perf_counter() - start
         if elapsed >= time_budget:
             return _result(teacher, student, solves, exact, True, start, witnesses)
-        # The largest term's solves first (with delta that term decides); all-pairs mode: any term's.
-        rows = (
-            [np.unravel_index(int(terms.argmax()), terms.shape)]
-            if delta is not None
-            else [np.unravel_index(k, terms.shape) for k in np.argsort(-terms, axis=None)]
-        )
-        best: tuple[float, _Side, int, int] | None = None
-        for direction, cls in rows:
-            for side, i, j in _candidates(int(cls), int(direction), teacher, student):
-                g = _gain(teacher, student, side, i, j, worst)
-                if best is None or g > best[0]:
-                    best = (g, side, i, j)
-            if best is not None and (delta is not None or best[0] > _NEGLIGIBLE):
-                break
-        if best is None or (delta is None and best[0] <= _NEGLIGIBLE):
+        # Only the largest term can lower FaithUB: its solves, the largest possible gain first. One solve alone
+        # often cannot move a saturated term (any other loose bound keeps it at 1), so ties go to the loosest
+        # bound; the term's solves run out only when all of its bounds are final.
+        direction, cls = np.unravel_index(int(terms.argmax()), terms.shape)
+        best: tuple[tuple[float, float], _Side, int, int] | None = None
+        for side, i, j in _candidates(int(cls), int(direction), teacher, student):
+            looseness = float(side.upper[i, j] - side.at_x0[i, j])
+            if looseness <= _NEGLIGIBLE:  # already at a value the network takes: exact without a solve
+                side.solved.add((i, j))
+                continue
+            key = (_gain(teacher, student, side, i, j, worst), looseness)
+            if best is None or key > best[0]:
+                best = (key, side, i, j)
+        if best is None:
             break
         _, side, i, j = best
         remaining = time_budget - (time.perf_counter() - start)
