@@ -11,7 +11,9 @@ ReLU ``y = max(z, 0)`` with ``z = a·v + c`` and sound bounds ``l <= z <= u``:
 - ``u <= 0`` (stably inactive): ``y`` is the constant 0; no variable, no row.
 - ``l >= 0`` (stably active): ``y = z``. If ``z`` is a single variable (``a`` has one entry) the expression is
   passed on; otherwise a variable ``y`` in ``[l, u]`` and the row ``y - a·v = c``.
-- ``l < 0 < u`` (unstable): ``y`` in ``[0, u]``, binary ``d`` (1 = active) and the big-M rows
+- ``l < 0 < u`` (unstable): if ``a`` has more than one entry, ``z`` becomes a variable in ``[l, u]`` with the
+  row ``z - a·v = c`` (so the rows below are short: HiGHS solved the shipped MNIST teacher's problems about
+  30% faster this way, Gurobi as fast); then ``y`` in ``[0, u]``, binary ``d`` (1 = active) and the big-M rows
   ``y - a·v >= c`` (``y >= z``), ``y - a·v - l·d <= c - l`` (``y <= z - l(1 - d)``) and ``y - u·d <= 0``
   (``y <= u·d``). With ``d = 1``: ``z <= y <= z``, and ``y >= 0`` makes ``z >= 0``; with ``d = 0``:
   ``0 <= y <= 0`` and ``z <= y = 0``. So every input in the box has exactly one feasible completion, the
@@ -58,7 +60,8 @@ Refiner = Callable[["MilpModel", np.ndarray], tuple[np.ndarray, np.ndarray, np.n
 class ColumnGroup:
     """What columns ``start .. start + len(index) - 1`` stand for, so that a solution can be built from an input.
 
-    ``kind``: ``input`` (``x[index]``), ``relu_out`` (``max(z[index], 0)``), ``relu_on`` (``z[index] > 0``),
+    ``kind``: ``input`` (``x[index]``), ``relu_in`` (``z[index]``), ``relu_out`` (``max(z[index], 0)``),
+    ``relu_on`` (``z[index] > 0``),
     ``pool_out`` (the maximum of window ``index``), ``pool_choice`` (1 for the first element of window
     ``index`` among this group's ``element`` entries that attains the window's maximum). ``z`` is the input of
     nonlinear layer ``layer``.
@@ -121,9 +124,9 @@ class MilpModel:
             cols = slice(g.start, g.start + len(g.index))
             if g.kind == "input":
                 v[cols] = x[0, g.index]
-            elif g.kind in ("relu_out", "relu_on"):
+            elif g.kind in ("relu_in", "relu_out", "relu_on"):
                 z = inputs[g.layer][g.index]
-                v[cols] = np.maximum(z, 0.0) if g.kind == "relu_out" else (z > 0)
+                v[cols] = {"relu_in": z, "relu_out": np.maximum(z, 0.0), "relu_on": z > 0}[g.kind]
             else:
                 op = ops[g.layer]
                 assert isinstance(op, MaxPoolOp)
@@ -358,8 +361,10 @@ def _unstable_relu(
     idx: np.ndarray,
 ) -> np.ndarray:
     """Big-M rows for the unstable neurons ``idx``: ``y - a·v >= c``, ``y - a·v - l·d <= c - l``,
-    ``y - u·d <= 0``; returns the ``y`` columns."""
+    ``y - u·d <= 0``, where ``a·v + c`` is a variable ``z`` of its own if ``a`` has more than one entry;
+    returns the ``y`` columns."""
     a, c, lo, hi = a_all.take_rows(idx), c_all[idx], lo_all[idx], hi_all[idx]
+    a, c = _as_variables(builder, a, c, lo, hi, idx)
     m = len(idx)
     y = builder.add_cols(np.zeros(m), hi, False, "relu_out", idx)
     d = builder.add_cols(np.zeros(m), np.ones(m), True, "relu_on", idx)
@@ -370,6 +375,23 @@ def _unstable_relu(
     builder.add_rows(_combine(m, y_part, minus_a, _entries(r, d, -lo, m)), -np.inf, c - lo)
     builder.add_rows(_combine(m, y_part, _entries(r, d, -hi, m)), -np.inf, 0.0)
     return y
+
+
+def _as_variables(
+    builder: _Builder, a: SparseMatrix, c: np.ndarray, lo: np.ndarray, hi: np.ndarray, idx: np.ndarray
+) -> tuple[SparseMatrix, np.ndarray]:
+    """Rows ``a·v + c`` with more than one entry become variables ``z`` in ``[l, u]`` with ``z - a·v = c``;
+    returns the new expressions (``z`` itself there, the old rows elsewhere)."""
+    m = len(c)
+    long = np.bincount(a.rows, minlength=m) > 1
+    rows = np.nonzero(long)[0]
+    if len(rows) == 0:
+        return a, c
+    z = builder.add_cols(lo[rows], hi[rows], False, "relu_in", idx[rows])
+    own = _entries(np.arange(len(rows)), z, 1.0, len(rows))
+    builder.add_rows(_combine(len(rows), own, a.take_rows(rows).scaled(-1)), c[rows], c[rows])
+    short = np.nonzero(~long)[0]
+    return _scatter_rows([a.take_rows(short), own], [short, rows], m), np.where(long, 0.0, c)
 
 
 def _scatter_rows(blocks: list[SparseMatrix], rows: list[np.ndarray], n: int) -> SparseMatrix:

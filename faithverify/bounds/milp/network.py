@@ -18,6 +18,7 @@ approximated silently.
 from __future__ import annotations
 
 import copy
+import functools
 import math
 from dataclasses import dataclass
 
@@ -163,6 +164,11 @@ class AffineOp:
     matrix: SparseMatrix
     bias: np.ndarray
 
+    @functools.cached_property
+    def transposed(self) -> SparseMatrix:
+        """``matrix.T``, for gradients (built once)."""
+        return self.matrix.transpose()
+
 
 @dataclass(frozen=True)
 class ReluOp:
@@ -225,7 +231,7 @@ class PiecewiseLinearNetwork:
         k = len(inputs)
         for op in reversed(self.ops):
             if isinstance(op, AffineOp):
-                g = op.matrix.transpose().apply(g)
+                g = op.transposed.apply(g)
                 continue
             k -= 1
             g = g * (inputs[k] > 0) if isinstance(op, ReluOp) else _maxpool_backward(op, inputs[k], g)

@@ -38,7 +38,9 @@ def crown_layer_bounds(
         )  # only the intermediate bounds are used
         with torch.no_grad():
             _, pre = ChainCrown(chain).bounds(lo, hi, spec)
-        return [(lb[0].numpy(), ub[0].numpy()) for lb, ub in pre]
+        # ChainCrown also reports the first layer's bounds for a single Linear, which has no ReLU.
+        out: list[LayerBounds | None] = [(lb[0].numpy(), ub[0].numpy()) for lb, ub in pre]
+        return out[: len(network.nonlinear_ops())]
     try:
         return _auto_lirpa_layer_bounds(body, network, lo, hi)
     except BoundingError as exc:

@@ -67,8 +67,11 @@ def _refine_layer(
         prev = cols
         offset = float(model.logit_offset[idx[k]])
         for sense in (highspy.ObjSense.kMaximize, highspy.ObjSense.kMinimize):
-            if time_limit is not None and h.getRunTime() > time_limit:
-                return idx, lo, hi
+            if time_limit is not None:
+                left = time_limit - h.getRunTime()
+                if left <= 0:
+                    return idx, lo, hi
+                h.setOptionValue("time_limit", left)
             h.changeObjectiveSense(sense)
             highs_threads(1)
             h.run()
