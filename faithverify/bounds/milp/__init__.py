@@ -3,6 +3,7 @@
 - :mod:`~faithverify.bounds.milp.network`: the network as sparse affine maps, ReLUs and max-pools;
 - :mod:`~faithverify.bounds.milp.encoding`: the MILP (big-M ReLUs, exact max-pools) in matrix form;
 - :mod:`~faithverify.bounds.milp.prebounds`: CROWN bounds for the big-M constants;
+- :mod:`~faithverify.bounds.milp.tighten`: tighter bounds of unstable ReLUs from LPs, before branching;
 - :mod:`~faithverify.bounds.milp.backends`: HiGHS and Gurobi behind one interface;
 - :mod:`~faithverify.bounds.milp.model`: :class:`NetworkMILP` and the soundness margin.
 """

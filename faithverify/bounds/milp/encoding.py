@@ -30,7 +30,7 @@ Max-pool ``y = max_k x_k`` over a window with bounds ``l_k <= x_k <= u_k``; ``L 
 Bounds: the bounds given for the input of each ReLU / max-pool layer (CROWN, from the caller) are intersected
 with interval arithmetic over the variables' bounds, then widened by :data:`BOUND_SLACK` (relative and absolute)
 so that rounding in the float64 bound propagation that produced them cannot cut off a reachable value. An
-optional ``refine`` step (refine.py: LPs over the layers encoded so far) then tightens unstable ReLUs' bounds.
+optional ``refine`` step (tighten.py: LPs over the layers encoded so far) then tightens unstable ReLUs' bounds.
 """
 
 from __future__ import annotations

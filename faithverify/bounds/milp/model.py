@@ -57,7 +57,7 @@ from faithverify.bounds.milp.backends import (
 from faithverify.bounds.milp.encoding import LayerBounds, MilpModel, encode
 from faithverify.bounds.milp.network import PiecewiseLinearNetwork
 from faithverify.bounds.milp.prebounds import crown_layer_bounds
-from faithverify.bounds.milp.refine import lp_refiner
+from faithverify.bounds.milp.tighten import lp_refiner
 from faithverify.bounds.softmax import LogitDiffBounds
 from faithverify.errors import SolverError
 
@@ -132,7 +132,7 @@ class NetworkMILP:
         ``preactivation``: sound bounds on the input of every ReLU and max-pool layer, in order (for an MLP
         exactly the ``pre`` list of ``ChainCrown.bounds``; arrays or tensors of ``[width]`` or ``[1, width]``).
         When None, CROWN computes them (prebounds.py). ``tighten``: improve the bounds of unstable ReLUs with
-        LPs over the layers below before encoding them (refine.py): fewer binaries, smaller big-M constants.
+        LPs over the layers below before encoding them (tighten.py): fewer binaries, smaller big-M constants.
         """
         lower = np.asarray(lower, dtype=np.float64).reshape(-1)
         upper = np.asarray(upper, dtype=np.float64).reshape(-1)
