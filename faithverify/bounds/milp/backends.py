@@ -130,24 +130,7 @@ class HighsBackend:
             "dual_feasibility_tolerance": DUAL_FEASIBILITY_TOL,
         }.items():
             _highs_ok(h.setOptionValue(key, value), f"set option {key}")
-        a = model.matrix
-        status = h.passModel(
-            model.num_cols,
-            model.num_rows,
-            a.nnz,
-            int(highspy.MatrixFormat.kRowwise),
-            int(highspy.ObjSense.kMaximize),
-            0.0,
-            np.zeros(model.num_cols),
-            model.col_lower,
-            model.col_upper,
-            model.row_lower,
-            model.row_upper,
-            a.indptr().astype(np.int32),
-            a.cols.astype(np.int32),
-            a.vals,
-            model.integrality.astype(np.int32),  # 1 = kInteger, 0 = kContinuous
-        )
+        status = pass_model(h, model, model.integrality.astype(np.int32))
         _highs_ok(status, "pass the model to")
         self._h = h
         self._cols = np.arange(model.num_cols, dtype=np.int32)
@@ -228,6 +211,31 @@ class HighsBackend:
             status=status,
             seconds=seconds,
         )
+
+
+def pass_model(h: Any, model: MilpModel, integrality: np.ndarray) -> Any:
+    """Hand ``model`` to a ``highspy.Highs`` in row-wise (CSR) form, maximising a zero objective (each solve sets
+    its own); ``integrality``: 1 = integer, 0 = continuous per column. Returns HiGHS's status."""
+    import highspy
+
+    a = model.matrix
+    return h.passModel(
+        model.num_cols,
+        model.num_rows,
+        a.nnz,
+        int(highspy.MatrixFormat.kRowwise),
+        int(highspy.ObjSense.kMaximize),
+        0.0,
+        np.zeros(model.num_cols),
+        model.col_lower,
+        model.col_upper,
+        model.row_lower,
+        model.row_upper,
+        a.indptr().astype(np.int32),
+        a.cols.astype(np.int32),
+        a.vals,
+        integrality,
+    )
 
 
 def new_highs() -> Any:

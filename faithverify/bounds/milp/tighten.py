@@ -24,6 +24,7 @@ from faithverify.bounds.milp.backends import (
     PRIMAL_FEASIBILITY_TOL,
     highs_threads,
     new_highs,
+    pass_model,
 )
 from faithverify.bounds.milp.encoding import MilpModel
 from faithverify.errors import SolverError
@@ -97,24 +98,7 @@ def _relaxation(model: MilpModel):  # type: ignore[no-untyped-def]
         "dual_feasibility_tolerance": DUAL_FEASIBILITY_TOL,
     }.items():
         h.setOptionValue(key, value)
-    a = model.matrix
-    status = h.passModel(
-        model.num_cols,
-        model.num_rows,
-        a.nnz,
-        int(highspy.MatrixFormat.kRowwise),
-        int(highspy.ObjSense.kMaximize),
-        0.0,
-        np.zeros(model.num_cols),
-        model.col_lower,
-        model.col_upper,
-        model.row_lower,
-        model.row_upper,
-        a.indptr().astype(np.int32),
-        a.cols.astype(np.int32),
-        a.vals,
-        np.zeros(model.num_cols, dtype=np.int32),
-    )
+    status = pass_model(h, model, np.zeros(model.num_cols, dtype=np.int32))
     if status == highspy.HighsStatus.kError:
         raise SolverError("HiGHS could not take the LP relaxation for bound tightening")
     return h
