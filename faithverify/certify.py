@@ -286,7 +286,7 @@ def finish_refinement(
     if config.delta is not None:
         verdict = decide(record.emp_lb, record.faith_ub, config.delta)
         record.verdict = verdict.value
-        decided_by = {Verdict.VIOLATED: "attack", Verdict.CERTIFIED: record.faith_ub_method}.get(verdict)
+        decided_by = _decider(verdict, record.faith_ub_method)
         if verdict is Verdict.VIOLATED and witness is not item.witness:
             decided_by = "milp"  # the MILP's incumbent was the witness
         record.decided_by = decided_by
