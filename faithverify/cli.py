@@ -7,41 +7,13 @@ import json
 import logging
 import math
 import os
-import sys
 import tempfile
-from collections.abc import Callable
-from functools import wraps
 from pathlib import Path
-from typing import Any, TypeVar
 
 import click
 
 from faithverify import __version__
-from faithverify.errors import FaithverifyError
-
-F = TypeVar("F", bound=Callable[..., Any])
-
-EXIT_BAD_INPUT = 2
-EXIT_INTERNAL = 3
-
-
-def _reports_errors(func: F) -> F:
-    """Turn our input errors into one line on stderr and exit code 2, never a traceback."""
-
-    @wraps(func)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        from faithverify.certify import SoundnessViolation
-
-        try:
-            return func(*args, **kwargs)
-        except FaithverifyError as exc:
-            click.echo(f"error: {exc}", err=True)
-            sys.exit(EXIT_BAD_INPUT)
-        except SoundnessViolation as exc:
-            click.echo(f"internal error: {exc}", err=True)
-            sys.exit(EXIT_INTERNAL)
-
-    return wrapper  # type: ignore[return-value]
+from faithverify.cli_support import reports_errors
 
 
 def _check_eps(_ctx: click.Context, _param: click.Parameter, values: tuple[float, ...]) -> tuple[float, ...]:
@@ -245,7 +217,7 @@ def main() -> None:
     help="Also write the summary table as CSV here.",
 )
 @click.option("--quiet", is_flag=True, help="No progress bar.")
-@_reports_errors
+@reports_errors
 def certify(
     teacher: Path,
     student: Path,
@@ -414,7 +386,7 @@ def certify(
     show_default=True,
     help="Input range of the random inputs the conversion is checked on.",
 )
-@_reports_errors
+@reports_errors
 def pair(teacher: Path, student: Path, output: Path, domain: tuple[float, float]) -> None:
     """Write the paired graph: input x, outputs z_t, z_s and softmax(z_t) - softmax(z_s).
 
@@ -452,7 +424,7 @@ def pair(teacher: Path, student: Path, output: Path, domain: tuple[float, float]
     default=None,
     help="Also write the summary as CSV here.",
 )
-@_reports_errors
+@reports_errors
 def summary(results: Path, as_json: bool, csv_path: Path | None) -> None:
     """Summarise a results file written by `certify --out` (one row per eps)."""
     from faithverify.results import format_table, read_results, summarize, write_summary_csv
@@ -463,6 +435,13 @@ def summary(results: Path, as_json: bool, csv_path: Path | None) -> None:
         write_summary_csv(rows, csv_path)
     click.echo(json.dumps([r.to_dict() for r in rows], indent=2) if as_json else format_table(rows))
 
+
+# Training commands live in their own module; registering them here keeps one `faithverify` entry point.
+from faithverify.cli_train import distill, recipes, train_teacher  # noqa: E402
+
+main.add_command(recipes)
+main.add_command(train_teacher)
+main.add_command(distill)
 
 if __name__ == "__main__":
     main()

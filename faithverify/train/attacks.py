@@ -96,6 +96,25 @@ def pgd_teacher_student_kl(
     )
 
 
+def pgd_student_soft_label_kl(
+    student: nn.Module,
+    teacher_clean_logits: Tensor,
+    x0: Tensor,
+    cfg: PGDConfig,
+    generator: torch.Generator | None = None,
+) -> Tensor:
+    """RSLAD's inner maximisation: ``argmax_{x' in B} KL(f_t(x0) || f_s(x'))``.
+
+    Only the student's input moves; the teacher's soft labels at the clean ``x0`` are fixed targets. The
+    direction of the KL is the one of the authors' code (``KLDivLoss(log_softmax(s(x')), softmax(t(x)))``),
+    the same divergence as the loss's adversarial term.
+    """
+    target = teacher_clean_logits.detach()
+    return pgd_maximise(
+        lambda x: kl_teacher_student(target, student(x), reduction="none"), x0, cfg, generator
+    )
+
+
 @torch.no_grad()
 def accuracy(model: nn.Module, x: Tensor, y: Tensor, batch_size: int = 1000) -> float:
     """Share of samples whose arg-max logit equals the label."""

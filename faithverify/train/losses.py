@@ -46,6 +46,61 @@ def distillation_kl(teacher_logits: Tensor, student_logits: Tensor, temperature:
     return temperature**2 * kl_teacher_student(teacher_logits, student_logits, temperature)
 
 
+def standard_distillation_loss(
+    student_logits: Tensor, teacher_logits: Tensor, y: Tensor, alpha: float, temperature: float
+) -> Tensor:
+    """Standard distillation (SD, Hinton et al. 2015), all at the clean input ``x``::
+
+    L = (1 - alpha) * CE(z_s(x), y) + alpha * T^2 * KL(softmax_T(z_t(x)) || softmax_T(z_s(x)))
+    """
+    _check_alpha(alpha)
+    soft = distillation_kl(teacher_logits, student_logits, temperature)
+    return (1.0 - alpha) * cross_entropy(student_logits, y) + alpha * soft
+
+
+def ard_loss(
+    student_adv: Tensor,
+    teacher_clean: Tensor,
+    student_clean: Tensor,
+    y: Tensor,
+    alpha: float,
+    temperature: float,
+) -> Tensor:
+    """Adversarially robust distillation (ARD, Goldblum et al. 2020, eq. 4)::
+
+        L = alpha * T^2 * KL(softmax_T(z_t(x)) || softmax_T(z_s(x'))) + (1 - alpha) * CE(z_s(x), y),
+        x' = argmax_{x' in B(x, eps)} CE(z_s(x'), y)
+
+    The teacher stays at the clean ``x``; only the student sees the perturbed ``x'``. The caller finds ``x'``
+    (``attacks.pgd_cross_entropy`` on the student).
+    """
+    _check_alpha(alpha)
+    soft = distillation_kl(teacher_clean, student_adv, temperature)
+    return alpha * soft + (1.0 - alpha) * cross_entropy(student_clean, y)
+
+
+def rslad_loss(
+    student_adv: Tensor, teacher_clean: Tensor, student_clean: Tensor, adv_weight: float = 5.0 / 6.0
+) -> Tensor:
+    """Robust soft-label adversarial distillation (RSLAD, Zi et al. 2021, eq. 7)::
+
+        L = w * KL(f_t(x) || f_s(x')) + (1 - w) * KL(f_t(x) || f_s(x)),   w = 5/6,
+        x' = argmax_{x' in B(x, eps)} KL(f_t(x) || f_s(x'))
+
+    The teacher's clean soft labels replace the hard labels everywhere, in the loss and in the inner
+    maximisation (``attacks.pgd_student_soft_label_kl``); the teacher stays at the clean ``x``.
+    """
+    _check_alpha(adv_weight)
+    adversarial = kl_teacher_student(teacher_clean, student_adv)
+    natural = kl_teacher_student(teacher_clean, student_clean)
+    return adv_weight * adversarial + (1.0 - adv_weight) * natural
+
+
+def _check_alpha(alpha: float) -> None:
+    if not 0.0 <= alpha <= 1.0:
+        raise ValueError(f"alpha must lie in [0, 1], got {alpha}")
+
+
 def faithful_distillation_loss(
     teacher_clean: Tensor,
     student_clean: Tensor,
@@ -64,8 +119,7 @@ def faithful_distillation_loss(
     The clean term keeps the student's accuracy close to the teacher's at the data points themselves.
     The caller finds ``x'`` (see ``attacks.pgd_teacher_student_kl``) and passes the four logit tensors.
     """
-    if not 0.0 <= alpha <= 1.0:
-        raise ValueError(f"alpha must lie in [0, 1], got {alpha}")
+    _check_alpha(alpha)
     clean = distillation_kl(teacher_clean, student_clean, temperature)
     adversarial = kl_teacher_student(teacher_adv, student_adv)
     return (1.0 - alpha) * clean + alpha * adversarial

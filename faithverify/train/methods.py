@@ -13,8 +13,19 @@ from typing import Protocol
 import torch
 from torch import Tensor, nn
 
-from faithverify.train.attacks import PGDConfig, pgd_cross_entropy, pgd_teacher_student_kl
-from faithverify.train.losses import cross_entropy, faithful_distillation_loss
+from faithverify.train.attacks import (
+    PGDConfig,
+    pgd_cross_entropy,
+    pgd_student_soft_label_kl,
+    pgd_teacher_student_kl,
+)
+from faithverify.train.losses import (
+    ard_loss,
+    cross_entropy,
+    faithful_distillation_loss,
+    rslad_loss,
+    standard_distillation_loss,
+)
 
 
 class Method(Protocol):
@@ -54,6 +65,96 @@ class AdversarialTraining:
         return {"method": "PGD adversarial training", "attack": self.attack, "eps_warmup": self.eps_warmup}
 
 
+def _freeze(teacher: nn.Module) -> None:
+    # The teacher is fixed: no gradients for its weights, and eval mode in case it ever has dropout/BN.
+    teacher.eval()
+    for p in teacher.parameters():
+        p.requires_grad_(False)
+
+
+@dataclass(frozen=True)
+class StandardDistillation:
+    """Standard distillation (SD) from a fixed ``teacher``: ``losses.standard_distillation_loss``, no attack."""
+
+    teacher: nn.Module
+    alpha: float = 0.9
+    temperature: float = 4.0
+
+    def __post_init__(self) -> None:
+        _freeze(self.teacher)
+
+    def __call__(
+        self, model: nn.Module, x: Tensor, y: Tensor, progress: float, generator: torch.Generator
+    ) -> Tensor:
+        with torch.no_grad():
+            teacher_logits = self.teacher(x)
+        return standard_distillation_loss(model(x), teacher_logits, y, self.alpha, self.temperature)
+
+    def describe(self) -> dict[str, object]:
+        return {"method": "standard distillation (SD)", "alpha": self.alpha, "temperature": self.temperature}
+
+
+@dataclass(frozen=True)
+class AdversariallyRobustDistillation:
+    """ARD from a fixed ``teacher``: ``losses.ard_loss`` at ``x' = attacks.pgd_cross_entropy(student, x, y)``."""
+
+    teacher: nn.Module
+    attack: PGDConfig
+    alpha: float = 0.9
+    temperature: float = 4.0
+    eps_warmup: float = 0.0
+
+    def __post_init__(self) -> None:
+        _freeze(self.teacher)
+
+    def __call__(
+        self, model: nn.Module, x: Tensor, y: Tensor, progress: float, generator: torch.Generator
+    ) -> Tensor:
+        x_adv = pgd_cross_entropy(model, x, y, _ramped(self.attack, self.eps_warmup, progress), generator)
+        with torch.no_grad():
+            teacher_clean = self.teacher(x)
+        return ard_loss(model(x_adv), teacher_clean, model(x), y, self.alpha, self.temperature)
+
+    def describe(self) -> dict[str, object]:
+        return {
+            "method": "adversarially robust distillation (ARD)",
+            "attack": self.attack,
+            "alpha": self.alpha,
+            "temperature": self.temperature,
+            "eps_warmup": self.eps_warmup,
+        }
+
+
+@dataclass(frozen=True)
+class RobustSoftLabelDistillation:
+    """RSLAD from a fixed ``teacher``: ``losses.rslad_loss`` at ``x' = attacks.pgd_student_soft_label_kl``."""
+
+    teacher: nn.Module
+    attack: PGDConfig
+    adv_weight: float = 5.0 / 6.0
+    eps_warmup: float = 0.0
+
+    def __post_init__(self) -> None:
+        _freeze(self.teacher)
+
+    def __call__(
+        self, model: nn.Module, x: Tensor, y: Tensor, progress: float, generator: torch.Generator
+    ) -> Tensor:
+        with torch.no_grad():
+            teacher_clean = self.teacher(x)
+        attack = _ramped(self.attack, self.eps_warmup, progress)
+        x_adv = pgd_student_soft_label_kl(model, teacher_clean, x, attack, generator)
+        return rslad_loss(model(x_adv), teacher_clean, model(x), self.adv_weight)
+
+    def describe(self) -> dict[str, object]:
+        return {
+            "method": "robust soft-label adversarial distillation (RSLAD)",
+            "attack": self.attack,
+            "adv_weight": self.adv_weight,
+            "eps_warmup": self.eps_warmup,
+        }
+
+
 @dataclass(frozen=True)
 class FaithfulDistillation:
     """Faithful distillation (FD) from a fixed ``teacher`` (frozen in place: eval mode, no parameter grads).
@@ -68,10 +169,7 @@ class FaithfulDistillation:
     eps_warmup: float = 0.0
 
     def __post_init__(self) -> None:
-        # The teacher is fixed: no gradients for its weights, and eval mode in case it ever has dropout/BN.
-        self.teacher.eval()
-        for p in self.teacher.parameters():
-            p.requires_grad_(False)
+        _freeze(self.teacher)
 
     def __call__(
         self, model: nn.Module, x: Tensor, y: Tensor, progress: float, generator: torch.Generator
