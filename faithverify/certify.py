@@ -280,7 +280,7 @@ def finish_refinement(
     _check_sound(record.index, record.eps, record.emp_lb, record.faith_ub, record.faith_ub_method)
     record.milp = {
         "faith_ub": result.faith_ub, "solves": result.solves, "exact": result.exact,
-        "timed_out": result.timed_out, "solver": result.solver,
+        "timed_out": result.timed_out, "out_of_reach": result.out_of_reach, "solver": result.solver,
     }  # fmt: skip
     record.seconds["milp"] = result.seconds
     if config.delta is not None:

@@ -9,9 +9,16 @@ refinement repeatedly takes the largest term, and among the solves it depends on
 tighter than a value the network actually takes). It stops when
 
 - with a threshold ``delta``: every term is ``<= delta`` (certified), or the largest term has nothing left to
-  solve (its bounds are exact or timed out: eq. 5-6 cannot go lower), or the time budget is spent;
+  solve (its bounds are exact or timed out: eq. 5-6 cannot go lower), or the time budget is spent, or the
+  largest term cannot reach ``delta`` even if every bound it depends on became its value at ``x0`` (then no
+  MILP can certify the point, and spending the budget would only delay the answer ``unknown``);
 - without one (the paper's FaithUB): the largest term's bounds are all final (exact or out of time), so no
   solve can lower FaithUB further.
+
+With ``delta``, each solve also gets a cut-off: the largest value of its bound at which the term could still
+reach ``delta`` (all its other bounds at their values at ``x0``). An incumbent above it proves the point cannot
+be certified, so the solver stops there instead of closing its gap. A solve that stopped because its dual
+bound went below the cut-off may run again later without one, when a tighter bound is needed.
 
 Every bound used is a solver's dual bound plus a margin (:mod:`faithverify.bounds.milp.model`), intersected
 with CROWN's. The incumbents' inputs are kept as candidate witnesses for the attack's lower bound.
@@ -29,6 +36,7 @@ import torch
 from torch import nn
 
 from faithverify.bounds.milp import NetworkMILP, Solver
+from faithverify.bounds.milp.backends import Status
 from faithverify.bounds.softmax import LogitDiffBounds, softmax_bounds
 
 _NEGLIGIBLE = 1e-9  # a bound this close to a value the network takes needs no solve
@@ -45,6 +53,7 @@ class RefineResult:
     seconds: float
     solver: str
     witnesses: list[np.ndarray] = field(default_factory=list)  # inputs of the solvers' incumbents
+    out_of_reach: bool = False  # with delta: no MILP bound could bring FaithUB down to delta (gave up early)
 
 
 @dataclass
@@ -58,6 +67,7 @@ class _Side:
     upper: np.ndarray
     at_x0: np.ndarray  # z_j - z_i at x0: no bound can be tighter than this
     solved: set[tuple[int, int]] = field(default_factory=set)  # (i, j): upper of z_j - z_i is final
+    cut: set[tuple[int, int]] = field(default_factory=set)  # (i, j): stopped early below a cut-off once
     _milp: NetworkMILP | None = None
 
     @property
@@ -103,6 +113,46 @@ def _with_bound(side: _Side, i: int, j: int, value: float) -> tuple[np.ndarray, 
     upper[i, j] = min(upper[i, j], value)
     lower[j, i] = max(lower[j, i], -value)
     return lower, upper
+
+
+def _optimistic_term(
+    teacher: _Side,
+    student: _Side,
+    direction: int,
+    cls: int,
+    fixed: tuple[_Side, int, int, float] | None = None,
+) -> float:
+    """The term ``(direction, cls)`` if each of its bounds that is not final became its value at ``x0`` (and
+    ``fixed = (side, i, j, v)`` set one bound to ``v`` instead). No exact solve can take a bound past its value at
+    ``x0``, so no MILP can bring the term lower than this."""
+    saved = {id(s): (s.lower, s.upper) for s in (teacher, student)}
+    try:
+        for side, i, j in _candidates(cls, direction, teacher, student):
+            value = float(side.at_x0[i, j])
+            if fixed is not None and fixed[0] is side and (fixed[1], fixed[2]) == (i, j):
+                value = fixed[3]
+            side.lower, side.upper = _with_bound(side, i, j, value)
+        return float(_terms(teacher, student)[direction, cls])
+    finally:
+        for s in (teacher, student):
+            s.lower, s.upper = saved[id(s)]
+
+
+def _cutoff(
+    teacher: _Side, student: _Side, direction: int, cls: int, side: _Side, i: int, j: int, delta: float
+) -> float | None:
+    """The largest bound of ``z_j - z_i`` on ``side`` at which the term can still reach ``delta`` (bisection;
+    the term grows with the bound). None when even the current bound would do."""
+    lo, hi = float(side.at_x0[i, j]), float(side.upper[i, j])
+    if _optimistic_term(teacher, student, direction, cls, (side, i, j, hi)) <= delta:
+        return None
+    for _ in range(40):
+        mid = 0.5 * (lo + hi)
+        if _optimistic_term(teacher, student, direction, cls, (side, i, j, mid)) <= delta:
+            lo = mid
+        else:
+            hi = mid
+    return lo
 
 
 def _gain(teacher: _Side, student: _Side, side: _Side, i: int, j: int, current: float) -> float:
@@ -159,9 +209,11 @@ def refine_point(
         # Only the largest term can lower FaithUB: its solves, the largest possible gain first. One solve alone
         # often cannot move a saturated term (any other loose bound keeps it at 1), so ties go to the loosest
         # bound; the term's solves run out only when all of its bounds are final.
-        direction, cls = np.unravel_index(int(terms.argmax()), terms.shape)
+        direction, cls = (int(k) for k in np.unravel_index(int(terms.argmax()), terms.shape))
+        if delta is not None and _optimistic_term(teacher, student, direction, cls) > delta:
+            return _result(teacher, student, solves, exact, False, start, witnesses, out_of_reach=True)
         best: tuple[tuple[float, float], _Side, int, int] | None = None
-        for side, i, j in _candidates(int(cls), int(direction), teacher, student):
+        for side, i, j in _candidates(cls, direction, teacher, student):
             looseness = float(side.upper[i, j] - side.at_x0[i, j])
             if looseness <= _NEGLIGIBLE:  # already at a value the network takes: exact without a solve
                 side.solved.add((i, j))
@@ -174,11 +226,17 @@ def refine_point(
         _, side, i, j = best
         remaining = time_budget - (time.perf_counter() - start)
         limit = remaining if solve_limit is None else min(solve_limit, remaining)
-        result = side.milp.max_logit_diff(i, j, time_limit=max(limit, 0.01))
+        cutoff = None
+        if delta is not None and (i, j) not in side.cut:
+            cutoff = _cutoff(teacher, student, direction, cls, side, i, j, delta)
+        result = side.milp.max_logit_diff(i, j, time_limit=max(limit, 0.01), cutoff=cutoff)
         solves += 1
         exact &= result.exact
-        side.solved.add((i, j))
         side.lower, side.upper = _with_bound(side, i, j, result.bound)
+        if result.status == Status.BOUND_BELOW_CUTOFF:
+            side.cut.add((i, j))  # enough for now; a later, tighter need re-solves it without a cut-off
+        else:
+            side.solved.add((i, j))
         if result.witness is not None:
             witnesses.append(result.witness)
     return _result(teacher, student, solves, exact, False, start, witnesses)
@@ -192,6 +250,7 @@ def _result(
     timed_out: bool,
     start: float,
     witnesses: list[np.ndarray],
+    out_of_reach: bool = False,
 ) -> RefineResult:
     value = float(_terms(teacher, student).max())
     return RefineResult(
@@ -202,4 +261,5 @@ def _result(
         seconds=time.perf_counter() - start,
         solver=teacher.solver_used() or student.solver_used() or "none",
         witnesses=witnesses,
+        out_of_reach=out_of_reach,
     )

@@ -110,3 +110,36 @@ def test_milp_without_binaries_is_sound(solver: Solver) -> None:
         result = milp.max_logit_diff(i, j)
         assert result.bound >= (z[:, j] - z[:, i]).max()
         assert result.bound <= (z[:, j] - z[:, i]).max() + 0.05
+
+
+def _point_bounds(pair: Pair, x0: np.ndarray, eps: float) -> tuple:
+    from faithverify.bounds.lirpa import NetworkBounder
+
+    lower, upper = input_box(x0, eps)
+    out = []
+    for model in (pair.teacher, pair.student):
+        body = model.module.flat_body().double()
+        bounder = NetworkBounder(body, 6, pair.num_classes)
+        box = (torch.from_numpy(lower).double(), torch.from_numpy(upper).double())
+        out.append((body, bounder.logit_diff_bounds(*box, BoundMethod.CROWN)))
+    return lower, upper, out
+
+
+def test_a_delta_out_of_reach_stops_without_solving(pair: Pair) -> None:
+    from faithverify.refine import refine_point
+
+    x0 = np.random.default_rng(3).random((1, 6), dtype=np.float32)
+    clean_gap = float(np.abs(pair.gap_onnxruntime(x0)).max())
+    lower, upper, ((tb, tc), (sb, sc)) = _point_bounds(pair, x0, 0.15)
+    # No bound can be tighter than the values at x0, where the gap already exceeds delta: nothing to solve.
+    result = refine_point(tb, sb, lower, upper, tc, sc, x0, delta=clean_gap / 2, solver=Solver.HIGHS)
+    assert result.out_of_reach and result.solves == 0 and not result.timed_out
+    # With a reachable delta the same point is refined with solves and never reported out of reach
+    # unless the bound it ends with is still above delta.
+    full = refine_point(tb, sb, lower, upper, tc, sc, x0, delta=None, solver=Solver.HIGHS)
+    reachable = refine_point(
+        tb, sb, lower, upper, tc, sc, x0, delta=full.faith_ub + 1e-3, solver=Solver.HIGHS
+    )
+    assert not reachable.out_of_reach and reachable.faith_ub <= full.faith_ub + 1e-3
+    sampled = sampled_max_gap(pair, x0, 0.15, samples=3000)[0]
+    assert sampled <= min(result.faith_ub, full.faith_ub, reachable.faith_ub)
