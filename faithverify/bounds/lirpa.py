@@ -138,12 +138,19 @@ class NetworkBounder:
         self, lower: torch.Tensor, upper: torch.Tensor, method: BoundMethod
     ) -> torch.Tensor:
         """Lower bounds on every ``z_j - z_i`` (one row per ordered pair) for a batch of boxes ``[N, D]``."""
+        return self.linear_lower_bounds(lower, upper, self.spec, method)
+
+    def linear_lower_bounds(
+        self, lower: torch.Tensor, upper: torch.Tensor, spec: torch.Tensor, method: BoundMethod
+    ) -> torch.Tensor:
+        """Lower bounds ``[N, R]`` on ``spec · z`` (``spec``: ``[R, C]``, any linear forms of the logits)."""
         lower = lower.to(device=self.device, dtype=self.dtype).reshape(len(lower), -1)
         upper = upper.to(device=self.device, dtype=self.dtype).reshape(len(upper), -1)
+        spec = spec.to(device=self.device, dtype=self.dtype)
         if method is BoundMethod.CROWN and self._native is not None:
             with torch.no_grad():
-                return self._native.bounds(lower, upper, self.spec)[0]
-        spec = self.spec.unsqueeze(0).expand(len(lower), -1, -1)
+                return self._native.bounds(lower, upper, spec)[0]
+        spec = spec.unsqueeze(0).expand(len(lower), -1, -1)
         x = self._bounded_input(lower, upper)
         grad: contextlib.AbstractContextManager[Any] = (
             contextlib.nullcontext() if method is BoundMethod.ALPHA_CROWN else torch.no_grad()

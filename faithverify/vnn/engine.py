@@ -1,0 +1,411 @@
+"""Decide a VNN-style query: is there an input in the box whose outputs fall in the unsafe set?
+
+A query has one or more networks that read the same input ``x`` (one box, or a disjunction of boxes) and an
+unsafe set over their outputs ``y`` (the concatenation of every network's outputs, in order): a disjunction of
+conjunctions ``A y <= b``. The answer is
+
+- ``sat`` with a counterexample ``x`` whose outputs, computed by onnxruntime on the query's own ONNX files,
+  satisfy every row of one conjunction (nothing else is ever reported as ``sat``);
+- ``unsat`` when every conjunction is refuted on every box by a sound bound: some row has ``a·y - b > 0``
+  everywhere;
+- ``unknown`` or ``timeout`` otherwise.
+
+The stages are the certify pipeline's: PGD looks for a counterexample; CROWN (float64, widened by the margins
+of :mod:`faithverify.bounds.softmax`) bounds each row; the exact MILP (:mod:`faithverify.bounds.milp`) takes
+the rows CROWN leaves open. A row that reads the logits of one network is bounded directly as a linear form of
+those logits. Softmax outputs (a network whose ONNX ends in Softmax) are bounded through eq. 5 from the
+logit-difference bounds, and rows mixing networks by interval arithmetic over each output's bounds (sound,
+looser). A query shaped like the faithfulness property of a teacher/student pair (every conjunction one row
+``±(p_t,i - p_s,i) >= delta``) is refined with the pair's MILP stage (:mod:`faithverify.refine`).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from enum import StrEnum
+
+import numpy as np
+import torch
+
+from faithverify.attack import float32_box
+from faithverify.bounds.lirpa import BoundMethod, NetworkBounder
+from faithverify.bounds.milp import NetworkMILP, Solver
+from faithverify.bounds.milp.backends import Status
+from faithverify.bounds.softmax import LOGIT_MARGIN, RELATIVE_MARGIN, LogitDiffBounds, softmax_bounds
+from faithverify.errors import FaithverifyError
+from faithverify.onnx_io import LoadedModel
+from faithverify.refine import refine_point
+
+
+class Outcome(StrEnum):
+    SAT = "sat"
+    UNSAT = "unsat"
+    UNKNOWN = "unknown"
+    TIMEOUT = "timeout"
+
+
+@dataclass(frozen=True)
+class QueryNetwork:
+    """One network of a query: its logits model and whether the query reads its softmax instead."""
+
+    name: str
+    model: LoadedModel
+    probabilities: bool  # the query's outputs are softmax(logits) (the ONNX file ends in Softmax)
+
+    @property
+    def num_outputs(self) -> int:
+        return self.model.num_classes
+
+    @property
+    def input_dim(self) -> int:
+        return int(np.prod(self.model.input_shape))
+
+
+Conjunct = tuple[np.ndarray, np.ndarray]  # (A [k, M], b [k]): all rows A y <= b
+
+
+@dataclass
+class Query:
+    """Networks reading one input, input boxes (flat, a disjunction) and the unsafe set over their outputs.
+
+    ``reference`` computes, with onnxruntime on the query's own files, the outputs the property is written over
+    (``[N, M']``), and ``unsafe_reference`` is the unsafe set over those: a counterexample must satisfy it there.
+    For most queries they are the concatenated network outputs and ``unsafe`` itself; a paired graph whose only
+    output is ``softmax(z_t) - softmax(z_s)`` is bounded as two networks but checked on the paired graph.
+    """
+
+    networks: list[QueryNetwork]
+    boxes: list[tuple[np.ndarray, np.ndarray]]
+    unsafe: list[Conjunct]
+    reference: Callable[[np.ndarray], np.ndarray]
+    unsafe_reference: list[Conjunct]
+
+    def __post_init__(self) -> None:
+        dims = {n.input_dim for n in self.networks}
+        if len(dims) != 1:
+            raise QueryError(
+                f"the networks of a query must read the same input; their sizes are {sorted(dims)}"
+            )
+        (dim,) = dims
+        outputs = sum(n.num_outputs for n in self.networks)
+        for lower, upper in self.boxes:
+            if lower.shape != (dim,) or upper.shape != (dim,):
+                raise QueryError(f"an input box has {lower.size} values; the networks read {dim}")
+            if np.any(lower > upper):
+                raise QueryError("an input box is empty (a lower bound above its upper bound)")
+        for a, b in self.unsafe:
+            if a.ndim != 2 or a.shape[1] != outputs or b.shape != (a.shape[0],):
+                raise QueryError(
+                    f"an output constraint reads {a.shape[-1]} outputs; the networks have {outputs}"
+                )
+        if len(self.unsafe) != len(self.unsafe_reference):
+            raise QueryError("the unsafe set and its reference form differ in length")
+
+    @property
+    def input_dim(self) -> int:
+        return self.networks[0].input_dim
+
+    def slices(self) -> list[slice]:
+        out, start = [], 0
+        for n in self.networks:
+            out.append(slice(start, start + n.num_outputs))
+            start += n.num_outputs
+        return out
+
+
+class QueryError(FaithverifyError):
+    """A query the engine cannot take (mismatched inputs or outputs)."""
+
+
+@dataclass
+class Answer:
+    outcome: Outcome
+    stage: str  # attack | crown | milp | none
+    seconds: float
+    x: np.ndarray | None = None  # the counterexample input (flat float32) for sat
+    y: np.ndarray | None = None  # the reference outputs there (onnxruntime)
+    reason: str = ""
+    stats: dict[str, float] = field(default_factory=dict)
+
+
+def query_outputs(query: Query, x: torch.Tensor) -> torch.Tensor:
+    """The concatenated outputs of every network at flat inputs ``x [N, D]`` (torch, differentiable)."""
+    parts = []
+    for net in query.networks:
+        z = net.model.module(x.reshape(len(x), *net.model.input_shape))
+        parts.append(torch.softmax(z, dim=-1) if net.probabilities else z)
+    return torch.cat(parts, dim=-1)
+
+
+def _holds(a: np.ndarray, b: np.ndarray, y: np.ndarray) -> bool:
+    return bool(np.all(a @ y - b <= 0))
+
+
+def _check(query: Query, x: np.ndarray, index: int) -> np.ndarray | None:
+    """The reference outputs at ``x`` when they satisfy conjunction ``index``, else None."""
+    y = query.reference(x.reshape(1, -1).astype(np.float32))[0]
+    a, b = query.unsafe_reference[index]
+    return y if _holds(a, b, y) else None
+
+
+def _attack(
+    query: Query,
+    lower: np.ndarray,
+    upper: np.ndarray,
+    steps: int,
+    restarts: int,
+    seed: int,
+    deadline: float,
+) -> tuple[np.ndarray, np.ndarray] | None:
+    """PGD on ``max_k (A y(x) - b)_k`` for every conjunction and restart at once (one batch); the first
+    iterate that onnxruntime confirms as a counterexample, or None."""
+    lo32, hi32 = float32_box(lower, upper)
+    lo, hi = torch.from_numpy(lo32)[None], torch.from_numpy(hi32)[None]
+    generator = torch.Generator().manual_seed(seed)
+    step = 2.5 * float((hi - lo).max()) / 2 / max(1, steps)
+    # Conjunctions padded to the same number of rows with rows that never attain the maximum.
+    rows = max(len(b) for _, b in query.unsafe)
+    outputs = query.unsafe[0][0].shape[1]
+    a = torch.zeros(len(query.unsafe), rows, outputs)
+    b = torch.full((len(query.unsafe), rows), 1e30)
+    for index, (a_k, b_k) in enumerate(query.unsafe):
+        a[index, : len(b_k)] = torch.from_numpy(a_k).float()
+        b[index, : len(b_k)] = torch.from_numpy(b_k).float()
+    restarts = max(1, restarts)
+    conj = torch.arange(len(query.unsafe)).repeat(restarts)  # batch row -> conjunction
+    # Restart 0 from the box's centre, the others from uniform random points of the box.
+    k, dim = len(query.unsafe), lo.shape[1]
+    centre = ((lo + hi) / 2).expand(k, -1)
+    x = torch.cat(
+        [centre] + [lo + torch.rand((k, dim), generator=generator) * (hi - lo) for _ in range(restarts - 1)]
+    )
+    checks = 0  # onnxruntime checks are cheap, but a borderline iterate could ask for one at every step
+    for _ in range(steps + 1):
+        if time.monotonic() > deadline:
+            return None
+        x.requires_grad_(True)
+        y = query_outputs(query, x)
+        violation = (torch.einsum("nrm,nm->nr", a[conj], y) - b[conj]).amax(dim=-1)
+        for n in torch.nonzero(violation.detach() <= 0).flatten().tolist()[: max(0, 1000 - checks)]:
+            checks += 1
+            confirmed = _check(query, x.detach().numpy()[n], int(conj[n]))
+            if confirmed is not None:
+                return x.detach().numpy()[n], confirmed
+        (grad,) = torch.autograd.grad(violation.sum(), x)
+        with torch.no_grad():
+            x = torch.minimum(torch.maximum(x.detach() - step * grad.sign(), lo), hi)
+    return None
+
+
+def _widen(value: np.ndarray) -> np.ndarray:
+    """Push a lower bound on a linear form of logits down by the float32-evaluation margin."""
+    return value - (LOGIT_MARGIN + RELATIVE_MARGIN * np.abs(value))
+
+
+@dataclass
+class _BoxBounds:
+    """Sound bounds over one box: per network, the bounder, logit-difference bounds and output intervals."""
+
+    bounders: list[NetworkBounder]
+    diffs: list[LogitDiffBounds]
+    out_lower: np.ndarray  # [M]
+    out_upper: np.ndarray
+
+
+def _box_bounds(query: Query, lower: np.ndarray, upper: np.ndarray) -> _BoxBounds:
+    lo = torch.from_numpy(lower)[None]
+    hi = torch.from_numpy(upper)[None]
+    bounders, diffs, out_lo, out_hi = [], [], [], []
+    for net in query.networks:
+        body = net.model.module.flat_body()
+        bounder = NetworkBounder(body, net.input_dim, net.num_outputs)
+        bounders.append(bounder)
+        d = bounder.logit_diff_bounds(lo, hi, BoundMethod.CROWN)
+        diffs.append(d)
+        if net.probabilities:
+            s = softmax_bounds(d.widened())
+            out_lo.append(s.lower[0])
+            out_hi.append(s.upper[0])
+        else:
+            eye = torch.eye(net.num_outputs, dtype=torch.float64)
+            lb = _widen(
+                bounder.linear_lower_bounds(lo, hi, torch.cat([eye, -eye]), BoundMethod.CROWN)[0].numpy()
+            )
+            out_lo.append(lb[: net.num_outputs])
+            out_hi.append(-lb[net.num_outputs :])
+    return _BoxBounds(bounders, diffs, np.concatenate(out_lo), np.concatenate(out_hi))
+
+
+def _single_logits_network(query: Query, row: np.ndarray) -> int | None:
+    """The network whose logits are the only outputs ``row`` reads, if there is one."""
+    for k, (net, part) in enumerate(zip(query.networks, query.slices(), strict=True)):
+        outside = np.delete(row, np.arange(part.start, part.stop))
+        if not np.any(outside) and not net.probabilities:
+            return k
+    return None
+
+
+def _row_lower_bound(
+    query: Query, bounds: _BoxBounds, box: tuple[np.ndarray, np.ndarray], row: np.ndarray
+) -> float:
+    """A sound lower bound on ``row · y`` over the box."""
+    interval = float(np.sum(np.where(row > 0, row * bounds.out_lower, row * bounds.out_upper)))
+    k = _single_logits_network(query, row)
+    if k is None:
+        return interval
+    part = query.slices()[k]
+    spec = torch.from_numpy(row[part][None].astype(np.float64))
+    lo, hi = (torch.from_numpy(v)[None] for v in box)
+    direct = float(
+        _widen(bounds.bounders[k].linear_lower_bounds(lo, hi, spec, BoundMethod.CROWN)[0].numpy())[0]
+    )
+    return max(direct, interval)
+
+
+def _pair_faithfulness_delta(query: Query) -> float | None:
+    """``delta`` when the query is a pair's faithfulness property (every conjunction one row
+    ``±(p_t,i - p_s,i) >= delta`` over two softmax networks), else None."""
+    if len(query.networks) != 2 or not all(n.probabilities for n in query.networks):
+        return None
+    c = query.networks[0].num_outputs
+    if query.networks[1].num_outputs != c:
+        return None
+    deltas = set()
+    for a, b in query.unsafe:
+        if a.shape[0] != 1:
+            return None
+        row = a[0]
+        nonzero = np.flatnonzero(row)
+        if len(nonzero) != 2 or nonzero[1] != nonzero[0] + c:
+            return None
+        s = row[nonzero[0]]
+        if abs(s) != 1 or row[nonzero[1]] != -s:
+            return None
+        deltas.add(float(-b[0]))  # -s (p_t - p_s) <= -delta  <=>  s (p_t - p_s) >= delta
+    return deltas.pop() if len(deltas) == 1 else None
+
+
+def verify(
+    query: Query,
+    timeout: float = 60.0,
+    *,
+    solver: Solver = Solver.AUTO,
+    attack_steps: int = 50,
+    restarts: int = 3,
+    seed: int = 0,
+    milp: bool = True,
+) -> Answer:
+    """Decide ``query`` within ``timeout`` seconds (see the module docstring)."""
+    started = time.monotonic()
+    deadline = started + timeout
+
+    def answer(outcome: Outcome, stage: str, reason: str = "", **kw: object) -> Answer:
+        return Answer(outcome, stage, time.monotonic() - started, reason=reason, **kw)  # type: ignore[arg-type]
+
+    open_boxes: list[tuple[tuple[np.ndarray, np.ndarray], list[int], _BoxBounds]] = []
+    for box in query.boxes:
+        found = _attack(query, *box, attack_steps, restarts, seed, deadline)
+        if found is not None:
+            return answer(Outcome.SAT, "attack", x=found[0], y=found[1])
+        if time.monotonic() > deadline:
+            return answer(Outcome.TIMEOUT, "attack", "out of time in the attack")
+        bounds = _box_bounds(query, *box)
+        remaining = []
+        for index, (a, b) in enumerate(query.unsafe):
+            refuted = any(_row_lower_bound(query, bounds, box, a[k]) - b[k] > 0 for k in range(len(b)))
+            if not refuted:
+                remaining.append(index)
+        if remaining:
+            open_boxes.append((box, remaining, bounds))
+    if not open_boxes:
+        return answer(Outcome.UNSAT, "crown")
+    if not milp:
+        return answer(Outcome.UNKNOWN, "crown", "CROWN leaves some conjunctions open; the MILP is off")
+    delta = _pair_faithfulness_delta(query)
+    for box, remaining, bounds in open_boxes:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            return answer(Outcome.TIMEOUT, "milp", "out of time before the MILP")
+        if delta is not None:
+            outcome = _refine_pair(query, box, bounds, delta, solver, left)
+        else:
+            outcome, found = _refine_rows(query, box, remaining, solver, deadline)
+            if found is not None:
+                return answer(Outcome.SAT, "milp", x=found[0], y=found[1])
+        if outcome is not Outcome.UNSAT:
+            reason = (
+                "out of time in the MILP" if outcome is Outcome.TIMEOUT else "no bound refutes a conjunction"
+            )
+            return answer(outcome, "milp", reason)
+    return answer(Outcome.UNSAT, "milp")
+
+
+def _refine_pair(
+    query: Query,
+    box: tuple[np.ndarray, np.ndarray],
+    bounds: _BoxBounds,
+    delta: float,
+    solver: Solver,
+    budget: float,
+) -> Outcome:
+    """The pair's MILP stage: unsat when FaithUB < delta (strictly: a gap of exactly delta is unsafe)."""
+    teacher, student = query.networks
+    x0 = (box[0] + box[1]) / 2
+    result = refine_point(
+        teacher.model.module.flat_body(),
+        student.model.module.flat_body(),
+        box[0],
+        box[1],
+        bounds.diffs[0],
+        bounds.diffs[1],
+        x0,
+        delta=math.nextafter(delta, -math.inf),
+        solver=solver,
+        time_budget=budget,
+    )
+    if result.faith_ub < delta:
+        return Outcome.UNSAT
+    return Outcome.TIMEOUT if result.timed_out else Outcome.UNKNOWN
+
+
+def _refine_rows(
+    query: Query,
+    box: tuple[np.ndarray, np.ndarray],
+    remaining: list[int],
+    solver: Solver,
+    deadline: float,
+) -> tuple[Outcome, tuple[np.ndarray, np.ndarray] | None]:
+    """Refute each open conjunction by one of its rows on a single network's logits, solved exactly."""
+    milps: dict[int, NetworkMILP] = {}
+    for index in remaining:
+        a, b = query.unsafe[index]
+        refuted = False
+        for k in range(len(b)):
+            net_index = _single_logits_network(query, a[k])
+            if net_index is None:
+                continue
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return Outcome.TIMEOUT, None
+            if net_index not in milps:
+                net = query.networks[net_index]
+                milps[net_index] = NetworkMILP(net.model.module.flat_body().double(), *box, solver=solver)
+            part = query.slices()[net_index]
+            # Refuted when max(-a·z) < -b strictly; stop as soon as that is proven or disproven.
+            target = math.nextafter(-float(b[k]), -math.inf)
+            result = milps[net_index].maximize(-a[k][part], time_limit=left, cutoff=target)
+            if result.bound <= target:
+                refuted = True
+                break
+            if result.witness is not None and len(b) == 1:
+                y = _check(query, result.witness, index)
+                if y is not None:
+                    return Outcome.SAT, (result.witness.astype(np.float32), y)
+            if result.status == Status.TIME_LIMIT:
+                return Outcome.TIMEOUT, None
+        if not refuted:
+            return Outcome.UNKNOWN, None
+    return Outcome.UNSAT, None
