@@ -517,3 +517,7 @@ _HANDLERS: dict[str, Handler] = {
     "Reshape": _Translator.reshape,
     "Transpose": _Translator.transpose_node,
 }
+
+# Operators a model may contain on its input-to-output path (plus Constant and shape arithmetic that folds to
+# constants, and one final Softmax, which is stripped): what `faithverify-vnnlib supports --onnx-operators` lists.
+SUPPORTED_OPERATORS: frozenset[str] = frozenset(_HANDLERS) | {"Constant", "Shape", "Softmax"}
