@@ -10,11 +10,10 @@ point is finished.
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import multiprocessing
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -29,6 +28,7 @@ from faithverify.bounds.softmax import LogitDiffBounds, faithfulness_from_logit_
 from faithverify.pair import Pair
 from faithverify.refine import RefineResult, refine_point
 from faithverify.results import PointResult
+from faithverify.threads import torch_threads
 from faithverify.verdict import Verdict, decide
 
 # A witness's onnxruntime gap may exceed the bound only by float32 evaluation noise; anything more means a bug,
@@ -87,18 +87,6 @@ class PairBounder:
         return faithfulness_from_logit_bounds(*self.logit_bounds(lower, upper, method)).value
 
 
-@contextlib.contextmanager
-def _threads(n: int) -> Iterator[None]:
-    """PGD's operations on small networks are too small to share between CPU threads: one thread is as fast
-    when the machine is idle and far faster when it is not (benchmarks/results/threads.md)."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(previous)
-
-
 @dataclass
 class PendingRefinement:
     """A point that screening left undecided (or that asks for the all-pairs MILP), with what the MILP needs."""
@@ -141,7 +129,7 @@ def certify_batch(
     clean = pair.outputs_onnxruntime(x0)
     lower, upper = input_box(x0, eps, config.domain)
     teacher, student = bounder.teacher, bounder.student
-    with _threads(1):
+    with torch_threads(1):
         attack = faithfulness_attack(teacher, student, x0, lower, upper, config.pgd, eps, device=device)
     witness_gap = np.abs(pair.gap_onnxruntime(attack.witness))
     clean_gap = np.abs(clean["gap"])
@@ -167,7 +155,7 @@ def certify_batch(
     robust = None
     if config.robustness and labels is not None:
         clock = time.perf_counter()
-        with _threads(1):
+        with torch_threads(1):
             robust = robustness_attacks(
                 teacher,
                 student,

@@ -261,15 +261,13 @@ def certify(
       faithverify certify T.onnx S.onnx --eps 0.05 --delta 0.2          # verdicts; MILP only where needed
       faithverify certify T.onnx S.onnx --eps 0.1 --method milp --solver highs --timeout 30 --jobs 2
     """
-    import numpy as np
 
     from faithverify.attack import PGDConfig
     from faithverify.bounds.lirpa import BoundMethod
     from faithverify.bounds.milp import Solver
     from faithverify.certify import CertifyConfig
     from faithverify.certify import certify as run_certify
-    from faithverify.data import fit_to_input_shape, load_dataset
-    from faithverify.errors import DataError
+    from faithverify.data import sample_beside, select_points
     from faithverify.pair import load_pair
     from faithverify.results import ResultsFile, format_table, summarize, write_summary_csv
 
@@ -277,22 +275,18 @@ def certify(
         raise click.BadParameter(f"domain {domain} is not an interval LOW < HIGH", param_hint="--domain")
     if resume and out is None:
         raise click.BadParameter("--resume needs --out", param_hint="--resume")
-    if data_source is None:
-        sample = teacher.parent / "sample.npz"
-        if not sample.exists():
-            raise DataError(f"no --data given and no sample.npz beside {teacher}")
-        data_source = str(sample)
-
+    data_source = sample_beside(teacher, data_source)
     pair = load_pair(teacher, student, domain=domain)
-    dataset = load_dataset(data_source, split=split, data_root=data_root)
-    if start >= len(dataset.x):
-        raise DataError(f"--start {start} is past the end of the data ({len(dataset.x)} points)")
-    stop = len(dataset.x) if count is None else min(len(dataset.x), start + count)
-    x = fit_to_input_shape(dataset.x[start:stop], pair.input_shape)
-    labels = dataset.y[start:stop] if dataset.y is not None else None
-    lo, hi = float(np.min(x)), float(np.max(x))
-    if lo < domain[0] or hi > domain[1]:
-        raise DataError(f"the data's values span [{lo:g}, {hi:g}], outside the domain {list(domain)}")
+    selected = select_points(
+        data_source,
+        pair.input_shape,
+        split=split,
+        data_root=data_root,
+        start=start,
+        count=count,
+        domain=domain,
+    )
+    x, labels, indices = selected.x, selected.labels, selected.indices
 
     config = CertifyConfig(
         eps=list(eps_list),
@@ -325,7 +319,6 @@ def certify(
         "seed": seed,
     }
     results_file = ResultsFile(out, settings, resume=resume) if out is not None else None
-    indices = np.arange(start, stop)
     try:
         done = set(results_file.done) if results_file else set()
         fresh = run_certify(
@@ -442,6 +435,18 @@ from faithverify.cli_train import distill, recipes, train_teacher  # noqa: E402
 main.add_command(recipes)
 main.add_command(train_teacher)
 main.add_command(distill)
+from faithverify.cli_report import heatmap, report  # noqa: E402
+
+main.add_command(report)
+main.add_command(heatmap)
+from faithverify.cli_gate import gate  # noqa: E402
+
+main.add_command(gate)
+from faithverify.cli_vnn import bench, export_vnn, verify_instance  # noqa: E402
+
+main.add_command(export_vnn)
+main.add_command(bench)
+main.add_command(verify_instance)
 
 if __name__ == "__main__":
     main()

@@ -10,18 +10,6 @@ import click
 from faithverify.cli_support import reports_errors
 
 
-def default_data_source(teacher: Path, data_source: str | None) -> str:
-    """``--data`` as given, or the ``sample.npz`` shipped beside the teacher (as ``certify`` does)."""
-    from faithverify.errors import DataError
-
-    if data_source is not None:
-        return data_source
-    sample = teacher.parent / "sample.npz"
-    if not sample.exists():
-        raise DataError(f"no --data given and no sample.npz beside {teacher}")
-    return str(sample)
-
-
 def _parse_dims(_ctx: click.Context, _param: click.Parameter, value: str) -> tuple[int, int] | None:
     if value == "auto":
         return None
@@ -165,8 +153,8 @@ def heatmap(
       faithverify heatmap T.onnx S.onnx --data mnist --index 12 --eps 0.1 --dims 300,400 -o gap.png
     """
     from faithverify.attack import PGDConfig
-    from faithverify.data import fit_to_input_shape, load_dataset
-    from faithverify.errors import DataError, ResultsFileError
+    from faithverify.data import sample_beside, select_points
+    from faithverify.errors import ResultsFileError
     from faithverify.heatmap import compute_gap_slice, plot_gap_slice
     from faithverify.pair import load_pair
 
@@ -174,14 +162,12 @@ def heatmap(
         raise click.BadParameter(f"domain {domain} is not an interval LOW < HIGH", param_hint="--domain")
     if output.is_dir():
         raise ResultsFileError(f"cannot write {output}: it is a directory")
-    source = default_data_source(teacher, data_source)
+    source = sample_beside(teacher, data_source)
     pair = load_pair(teacher, student, domain=domain)
-    dataset = load_dataset(source, split=split, data_root=data_root)
-    if index >= len(dataset.x):
-        raise DataError(f"--index {index} is past the end of the data ({len(dataset.x)} points)")
-    x0 = fit_to_input_shape(dataset.x[index : index + 1], pair.input_shape)[0]
-    if x0.min() < domain[0] or x0.max() > domain[1]:
-        raise DataError(f"point {index}'s values span [{x0.min():g}, {x0.max():g}], outside the domain")
+    points = select_points(
+        source, pair.input_shape, split=split, data_root=data_root, start=index, count=1, domain=domain
+    )
+    x0 = points.x[0]
     size = x0.size
     if dims is not None and max(dims) >= size:
         raise click.BadParameter(

@@ -319,3 +319,49 @@ def save_npz_sample(dataset: Dataset, path: str | Path, n: int) -> None:
         name=np.array(dataset.name),
         domain=np.array(dataset.domain, dtype=np.float64),
     )
+
+
+def sample_beside(model: str | Path, source: str | None) -> str:
+    """``source`` as given, or the ``sample.npz`` shipped beside a model file (the default of every command)."""
+    if source is not None:
+        return source
+    sample = Path(model).parent / "sample.npz"
+    if not sample.exists():
+        raise DataError(f"no data given and no sample.npz beside {model}")
+    return str(sample)
+
+
+@dataclass(frozen=True)
+class Points:
+    """A slice of a dataset, shaped for a model: what certify, gate, heatmap and export-vnn work on."""
+
+    x: np.ndarray  # [N, *input_shape] float32
+    labels: np.ndarray | None
+    indices: np.ndarray  # positions in the dataset
+    source: str
+
+
+def select_points(
+    source: str,
+    input_shape: tuple[int, ...],
+    *,
+    split: str = "test",
+    data_root: str | Path | None = None,
+    start: int = 0,
+    count: int | None = None,
+    domain: tuple[float, float] = (0.0, 1.0),
+) -> Points:
+    """Points ``start .. start + count`` of ``source``, reshaped to ``input_shape`` and checked to lie in
+    ``domain`` (a model verified over [0, 1] says nothing about pixels in [0, 255])."""
+    dataset = load_dataset(source, split=split, data_root=data_root)
+    if start < 0:
+        raise DataError(f"start index {start} is negative")
+    if start >= len(dataset.x):
+        raise DataError(f"start index {start} is past the end of the data ({len(dataset.x)} points)")
+    stop = len(dataset.x) if count is None else min(len(dataset.x), start + count)
+    x = fit_to_input_shape(dataset.x[start:stop], input_shape)
+    lo, hi = float(np.min(x)), float(np.max(x))
+    if lo < domain[0] or hi > domain[1]:
+        raise DataError(f"the data's values span [{lo:g}, {hi:g}], outside the domain {list(domain)}")
+    labels = dataset.y[start:stop] if dataset.y is not None else None
+    return Points(x, labels, np.arange(start, stop), source)

@@ -6,6 +6,10 @@ import itertools
 import os
 from pathlib import Path
 
+# isort: off
+import faithverify  # noqa: F401  (before torch: it sets OMP_WAIT_POLICY before OpenMP starts)
+
+# isort: on
 import pytest
 import torch
 from torch import nn

@@ -249,4 +249,4 @@ def test_heatmap_without_data_or_sample_exits_2(
     result = invoke(
         "heatmap", teacher, shipped_pair_paths[1], "--index", "0", "--eps", "0.05", "-o", tmp_path / "g.png"
     )
-    assert result.exit_code == 2 and "no --data given" in result.output, result.output
+    assert result.exit_code == 2 and "no sample.npz beside" in result.output, result.output

@@ -172,8 +172,17 @@ def test_named_architectures() -> None:
     assert widths["mnist-student"] == [20] * 4 + [10]
     assert isinstance(build("mnist-teacher")[0], nn.Linear) and build("mnist-teacher")[0].in_features == 784
     assert get_spec("mnist-student").input_shape == (784,)
-    with pytest.raises(ValueError, match="known: mnist-student, mnist-teacher"):
+    with pytest.raises(
+        ValueError, match="known: cifar10-student, cifar10-teacher, mnist-student, mnist-teacher"
+    ):
         get_spec("resnet")
+    # The CIFAR-10 CNNs: two conv blocks that halve the side (32 -> 16 -> 8), then the linear head.
+    for name, channels, hidden in (("cifar10-teacher", (16, 32), 100), ("cifar10-student", (8, 16), 50)):
+        net = build(name)
+        assert [m.out_channels for m in net if isinstance(m, nn.Conv2d)] == list(channels)
+        assert widths[name] == [hidden, 10]
+        assert net(torch.zeros(2, 3, 32, 32)).shape == (2, 10)
+        assert next(m.in_features for m in net if isinstance(m, nn.Linear)) == channels[1] * 8 * 8
 
 
 # --- A short end-to-end run on separable synthetic data -------------------------------------------

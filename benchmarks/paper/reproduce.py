@@ -170,7 +170,9 @@ def histograms(dataset: str, runs: dict[str, StudentRun], eps_grid: tuple[float,
     return path
 
 
-def report(dataset: str, runs: dict[str, StudentRun], eps_grid: tuple[float, ...], n: int, total: float) -> str:
+def report(
+    dataset: str, runs: dict[str, StudentRun], eps_grid: tuple[float, ...], n: int, total: float
+) -> str:
     methods = list(runs)
     eps_cols = [eps_label(dataset, e) for e in eps_grid]
     t1 = table(

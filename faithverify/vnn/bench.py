@@ -10,18 +10,19 @@ from __future__ import annotations
 
 import csv
 import gzip
-import os
 import shutil
 import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import onnx
+
 from faithverify.bounds.milp import Solver
 from faithverify.errors import DataError, FaithverifyError
 from faithverify.vnn.engine import Answer, Outcome, verify
 from faithverify.vnn.instance import format_result, query_from_instance
-from faithverify.vnn.vnnlib import read_vnnlib
+from faithverify.vnn.vnnlib import read_vnnlib, write_text_atomic
 
 SUMMARY_FIELDS = ("index", "onnx", "vnnlib", "timeout", "result", "seconds", "stage", "reason", "result_file")
 
@@ -82,15 +83,9 @@ def run_instance(
             query = query_from_instance(_plain_onnx(onnx_path, Path(scratch)), read_vnnlib(vnnlib_path))
         except FaithverifyError as exc:
             return Answer(Outcome.UNKNOWN, "none", 0.0, reason=str(exc))
+        except (ValueError, onnx.checker.ValidationError) as exc:  # a graph onnx itself cannot cut or check
+            return Answer(Outcome.UNKNOWN, "none", 0.0, reason=f"{onnx_path.name}: {exc}")
         return verify(query, timeout, solver=solver, milp=milp)
-
-
-def write_atomically(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    with os.fdopen(handle, "w", encoding="utf-8") as out:
-        out.write(text)
-    os.replace(tmp, path)
 
 
 def _done(summary: Path) -> set[int]:
@@ -127,7 +122,7 @@ def run_suite(
             timeout = inst.timeout if timeout_cap is None else min(inst.timeout, timeout_cap)
             answer = run_instance(inst.onnx, inst.vnnlib, timeout, solver=solver, milp=milp)
             name = f"{inst.index:04d}-{inst.onnx.name.split('.')[0]}-{inst.vnnlib.name.split('.')[0]}.txt"
-            write_atomically(results_dir / name, format_result(answer))
+            write_text_atomic(results_dir / name, format_result(answer))
             writer.writerow(
                 {
                     "index": inst.index,

@@ -38,6 +38,7 @@ from faithverify.bounds.softmax import LOGIT_MARGIN, RELATIVE_MARGIN, LogitDiffB
 from faithverify.errors import FaithverifyError
 from faithverify.onnx_io import LoadedModel
 from faithverify.refine import refine_point
+from faithverify.threads import torch_threads
 
 
 class Outcome(StrEnum):
@@ -307,7 +308,8 @@ def verify(
 
     open_boxes: list[tuple[tuple[np.ndarray, np.ndarray], list[int], _BoxBounds]] = []
     for box in query.boxes:
-        found = _attack(query, *box, attack_steps, restarts, seed, deadline)
+        with torch_threads(1):
+            found = _attack(query, *box, attack_steps, restarts, seed, deadline)
         if found is not None:
             return answer(Outcome.SAT, "attack", x=found[0], y=found[1])
         if time.monotonic() > deadline:

@@ -38,7 +38,9 @@ def is_paired_gap_graph(model: onnx.ModelProto) -> bool:
 def _extract(model: onnx.ModelProto, output: str) -> onnx.ModelProto:
     """The sub-graph from the input to ``output`` (the teacher's or the student's logits)."""
     inputs = [i.name for i in model.graph.input if i.name not in {t.name for t in model.graph.initializer}]
-    return onnx_utils.Extractor(model).extract_model(inputs, [output])
+    # The Extractor needs a type for the cut point; shape inference records one for every intermediate tensor.
+    inferred = onnx.shape_inference.infer_shapes(model)
+    return onnx_utils.Extractor(inferred).extract_model(inputs, [output])
 
 
 def _read(path: Path) -> onnx.ModelProto:

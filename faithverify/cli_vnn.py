@@ -1,0 +1,261 @@
+"""``faithverify export-vnn``: a teacher/student pair and points as a VNN-COMP-style benchmark suite."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import click
+
+from faithverify.cli_support import reports_errors
+
+
+def _finite_radii(
+    _ctx: click.Context, _param: click.Parameter, values: tuple[float, ...]
+) -> tuple[float, ...]:
+    for eps in values:
+        if not math.isfinite(eps) or eps < 0:
+            raise click.BadParameter(f"{eps} is not a radius: eps must be a finite number >= 0")
+    return values
+
+
+@click.command("export-vnn")
+@click.argument("teacher", type=click.Path(path_type=Path))
+@click.argument("student", type=click.Path(path_type=Path))
+@click.option(
+    "-o",
+    "--output",
+    type=click.Path(file_okay=False, path_type=Path),
+    required=True,
+    help="Folder of the suite (created if missing; files of the same names are replaced).",
+)
+@click.option(
+    "--eps",
+    "eps_list",
+    type=float,
+    multiple=True,
+    required=True,
+    callback=_finite_radii,
+    help="L-inf radius of the input box; repeat for several. One instance per point and eps.",
+)
+@click.option(
+    "--delta",
+    type=click.FloatRange(0.0, 1.0),
+    required=True,
+    help="Threshold on the confidence gap: an instance is unsafe (sat) where some class's probabilities "
+    "differ by at least DELTA.",
+)
+@click.option(
+    "--data",
+    "data_source",
+    default=None,
+    help="Points, as for `certify`: a dataset name under --data-root, a directory, or an .npz file. "
+    "Default: sample.npz beside the teacher file.",
+)
+@click.option(
+    "--data-root",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Where dataset names are looked up. Default: $FAITHVERIFY_DATA_ROOT.",
+)
+@click.option(
+    "--split", type=click.Choice(["test", "train"]), default="test", show_default=True, help="Dataset split."
+)
+@click.option(
+    "--n", "count", type=click.IntRange(min=1), default=None, help="Only the first N points (after --start)."
+)
+@click.option(
+    "--start", type=click.IntRange(min=0), default=0, show_default=True, help="Index of the first point."
+)
+@click.option(
+    "--domain",
+    nargs=2,
+    type=float,
+    default=(0.0, 1.0),
+    show_default=True,
+    help="Valid input range LOW HIGH; every box is clipped to it.",
+)
+@click.option(
+    "--timeout",
+    type=click.FloatRange(min=0, min_open=True),
+    default=60.0,
+    show_default=True,
+    help="Seconds per instance, written in instances.csv.",
+)
+@reports_errors
+def export_vnn(
+    teacher: Path,
+    student: Path,
+    output: Path,
+    eps_list: tuple[float, ...],
+    delta: float,
+    data_source: str | None,
+    data_root: Path | None,
+    split: str,
+    count: int | None,
+    start: int,
+    domain: tuple[float, float],
+    timeout: float,
+) -> None:
+    """Write the pair's faithfulness queries as VNN-LIB 1.0 and 2.0 files with a VNN-COMP instances.csv.
+
+    For every point x0 and eps the question is: does some x in [x0 - eps, x0 + eps] ∩ domain have a class
+    whose probabilities under teacher and student differ by DELTA or more? `sat` is a violation, `unsat`
+    certifies the point.
+
+    \b
+    OUTPUT/instances.csv    onnx,vnnlib,timeout rows (VNN-COMP; paths relative to the CSV)
+    OUTPUT/onnx/            pair_gap.onnx (output softmax(teacher) - softmax(student)),
+                            teacher_softmax.onnx, student_softmax.onnx (for the 2.0 queries)
+    OUTPUT/vnnlib/          1.0 properties on pair_gap.onnx: unsafe iff some Y_i >= DELTA or Y_i <= -DELTA
+    OUTPUT/vnnlib2/         2.0 queries over networks `teacher` and `student` reading one input
+
+    \b
+    Example:
+      faithverify export-vnn T.onnx S.onnx --data mnist --n 50 --eps 0.05 --delta 0.2 -o suite/
+    """
+    from faithverify.data import sample_beside, select_points
+    from faithverify.pair import load_pair
+    from faithverify.vnn.export import GAP_MODEL, INSTANCES, STUDENT_MODEL, TEACHER_MODEL, export_suite
+
+    if domain[0] >= domain[1] or not all(math.isfinite(v) for v in domain):
+        raise click.BadParameter(f"domain {domain} is not an interval LOW < HIGH", param_hint="--domain")
+    source = sample_beside(teacher, data_source)
+    pair = load_pair(teacher, student, domain=domain)
+    points = select_points(
+        source, pair.input_shape, split=split, data_root=data_root, start=start, count=count, domain=domain
+    )
+
+    instances = export_suite(
+        pair, points.x, points.indices, eps_list, delta, output, domain=domain, timeout=timeout
+    )
+    n_eps = len(dict.fromkeys(eps_list))
+    click.echo(
+        f"wrote {len(instances)} instances ({len(points.x)} points x {n_eps} eps, delta {delta:g}) to {output}/"
+    )
+    click.echo(f"  VNN-LIB 1.0: {output / INSTANCES} on {output / GAP_MODEL}")
+    click.echo(
+        f"  VNN-LIB 2.0: {output / 'vnnlib2'}/ with --network teacher={output / TEACHER_MODEL} "
+        f"--network student={output / STUDENT_MODEL}"
+    )
+
+
+@click.command("bench")
+@click.argument("instances", type=click.Path(dir_okay=False, path_type=Path))
+@click.option(
+    "--out",
+    "summary",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=Path("results.csv"),
+    show_default=True,
+    help="Summary CSV: one row per instance (result, seconds, stage, reason, result file).",
+)
+@click.option(
+    "--results-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="Where the per-instance result files go (default: a folder beside --out named after it).",
+)
+@click.option("--resume", is_flag=True, help="Skip the instances already in --out.")
+@click.option(
+    "--solver",
+    type=click.Choice(["auto", "gurobi", "highs"]),
+    default="auto",
+    show_default=True,
+    help="MILP solver for what bound propagation leaves open.",
+)
+@click.option("--no-milp", is_flag=True, help="Attack and CROWN only: fast, and more answers are unknown.")
+@click.option(
+    "--timeout-cap",
+    type=click.FloatRange(min=0, min_open=True),
+    default=None,
+    help="Use at most this many seconds per instance, whatever instances.csv says.",
+)
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+@reports_errors
+def bench(
+    instances: Path,
+    summary: Path,
+    results_dir: Path | None,
+    resume: bool,
+    solver: str,
+    no_milp: bool,
+    timeout_cap: float | None,
+    quiet: bool,
+) -> None:
+    """Run a VNN-COMP-style suite given as instances.csv (rows onnx,vnnlib,timeout; .gz accepted).
+
+    Each instance gets a result file in the competition's format (`sat` with the counterexample
+    ((X_0 v) ... (Y_k v)), re-checked with onnxruntime; `unsat`; `timeout`; `unknown`) and a row in the summary
+    CSV, written as it finishes. Works for single classifiers (e.g. local robustness) and for the paired graphs
+    that `faithverify export-vnn` writes.
+
+    \b
+    Example:
+      faithverify export-vnn T.onnx S.onnx --n 20 --eps 0.05 --delta 0.2 -o suite/
+      faithverify bench suite/instances.csv --out results.csv
+    """
+    from collections import Counter
+
+    from tqdm.auto import tqdm
+
+    from faithverify.bounds.milp import Solver
+    from faithverify.vnn.bench import read_instances, run_suite
+
+    results_dir = results_dir or summary.with_name(summary.stem + "-results")
+    total = len(read_instances(instances))
+    counts: Counter[str] = Counter()
+    seconds = 0.0
+    runs = run_suite(
+        instances, summary, results_dir, resume=resume, solver=Solver(solver), milp=not no_milp,
+        timeout_cap=timeout_cap,
+    )  # fmt: skip
+    with tqdm(total=total, desc="bench", unit="inst", disable=quiet) as bar:
+        for _, answer in runs:
+            bar.update(1)
+            if answer is None:
+                counts["skipped (resume)"] += 1
+                continue
+            counts[answer.outcome.value] += 1
+            seconds += answer.seconds
+            bar.set_postfix(counts)
+    ran = total - counts["skipped (resume)"]
+    parts = ", ".join(f"{k} {v}" for k, v in sorted(counts.items()))
+    click.echo(f"{total} instances: {parts}; {seconds:.1f} s for the {ran} run now")
+    click.echo(f"summary: {summary}; result files: {results_dir}/")
+
+
+@click.command("verify-instance")
+@click.argument("onnx_file", type=click.Path(dir_okay=False, path_type=Path))
+@click.argument("vnnlib_file", type=click.Path(dir_okay=False, path_type=Path))
+@click.option(
+    "--result",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Write the VNN-COMP result file here (default: print it).",
+)
+@click.option("--timeout", type=click.FloatRange(min=0, min_open=True), default=60.0, show_default=True)
+@click.option("--solver", type=click.Choice(["auto", "gurobi", "highs"]), default="auto", show_default=True)
+@reports_errors
+def verify_instance(
+    onnx_file: Path, vnnlib_file: Path, result: Path | None, timeout: float, solver: str
+) -> None:
+    """Decide one VNN-COMP instance (ONNX + VNN-LIB 1.0), as vnncomp/run_instance.sh does.
+
+    Prints or writes `sat` with the counterexample, `unsat`, `timeout` or `unknown`; the reason for an
+    `unknown` goes to stderr.
+    """
+    from faithverify.bounds.milp import Solver
+    from faithverify.vnn.bench import run_instance
+    from faithverify.vnn.instance import format_result
+    from faithverify.vnn.vnnlib import write_text_atomic
+
+    answer = run_instance(onnx_file, vnnlib_file, timeout, solver=Solver(solver))
+    if answer.reason:
+        click.echo(f"{answer.outcome.value} ({answer.stage}): {answer.reason}", err=True)
+    text = format_result(answer)
+    if result is None:
+        click.echo(text, nl=False)
+    else:
+        write_text_atomic(result, text)
+        click.echo(f"{answer.outcome.value} in {answer.seconds:.2f} s -> {result}")
