@@ -70,6 +70,12 @@ def _training_options(func: Any) -> Any:
         click.option("--batch-size", type=click.IntRange(min=1), default=None, help="Batch size."),
         click.option("--seed", type=int, default=None, help="Seed of initialisation, order and attacks."),
         click.option(
+            "--patience",
+            type=click.IntRange(min=1),
+            default=None,
+            help="Stop after this many epochs without a better clean test accuracy (default: run every epoch).",
+        ),
+        click.option(
             "--data-root",
             type=click.Path(file_okay=False, path_type=Path),
             default=None,
@@ -135,6 +141,7 @@ def _overrides(opts: dict[str, Any]) -> dict[str, Any]:
         "lr": opts["lr"],
         "batch_size": opts["batch_size"],
         "seed": opts["seed"],
+        "patience": opts["patience"],
     }
 
 

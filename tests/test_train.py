@@ -300,3 +300,29 @@ def test_best_epoch_selection_respects_select_from_epoch() -> None:
         progress_bar=False,
     )
     assert result.best_epoch == 3
+
+
+def test_early_stopping_with_patience_and_a_rerun_only_reloads(tmp_path: Path) -> None:
+    train_set, test_set = blobs(200, seed=0), blobs(100, seed=1)
+    # lr 0: the test accuracy never improves after epoch 1, so patience 2 ends the run after epoch 3.
+    cfg = dataclasses.replace(FAST, epochs=10, lr=0.0, patience=2)
+    method = AdversarialTraining(PGDConfig(0.0, 0.0, 0))
+    torch.manual_seed(0)
+    result = train(
+        build_mlp(SPEC), method, train_set, test_set, cfg, checkpoint=tmp_path / "c.ckpt", progress_bar=False
+    )
+    assert result.best_epoch == 1 and len(result.history) == 3
+    again = train(
+        build_mlp(SPEC), method, train_set, test_set, cfg, checkpoint=tmp_path / "c.ckpt", progress_bar=False
+    )
+    assert len(again.history) == 3 and again.best_epoch == 1
+    # Without patience the same run goes the full length.
+    full = train(
+        build_mlp(SPEC),
+        method,
+        train_set,
+        test_set,
+        dataclasses.replace(cfg, patience=None),
+        progress_bar=False,
+    )
+    assert len(full.history) == 10

@@ -38,6 +38,8 @@ class TrainConfig:
     # First epoch (1-based) eligible as "best": with an eps warm-up, earlier epochs were trained at a smaller
     # eps and would win on clean accuracy while being far less robust.
     select_from_epoch: int = 1
+    # Early stopping: end the run after this many eligible epochs without a better clean test accuracy.
+    patience: int | None = None
 
 
 @dataclass
@@ -55,6 +57,13 @@ class TrainResult:
 
 def _to_tensors(dataset: Dataset) -> tuple[Tensor, Tensor]:
     return torch.from_numpy(dataset.x), torch.from_numpy(dataset.y)
+
+
+def _same_config(stored: dict[str, Any], cfg: TrainConfig) -> bool:
+    """Whether a checkpoint's config is ``cfg``; a field added since it was written matches at its default
+    (None), so older checkpoints stay usable."""
+    current = {k: v for k, v in dataclasses.asdict(cfg).items() if not (v is None and k not in stored)}
+    return stored == current
 
 
 def _save_atomically(state: dict[str, Any], path: Path) -> None:
@@ -119,7 +128,7 @@ def _train(
     ckpt_path = Path(checkpoint) if checkpoint is not None else None
     if ckpt_path is not None and ckpt_path.is_file():
         state = torch.load(ckpt_path, weights_only=False)
-        if state["config"] != dataclasses.asdict(cfg) or state["method"] != repr(method.describe()):
+        if not _same_config(state["config"], cfg) or state["method"] != repr(method.describe()):
             raise ValueError(
                 f"{ckpt_path} was written with config {state['config']} and method {state['method']}, "
                 f"not {dataclasses.asdict(cfg)} and {method.describe()}; delete it to start afresh"
@@ -131,6 +140,8 @@ def _train(
         torch.set_rng_state(state["torch_rng"])
         start_epoch, best_acc, best_epoch = state["epoch"], state["best_acc"], state["best_epoch"]
         best_state, history, elapsed = state["best_state"], state["history"], state["seconds"]
+        if state.get("stopped_early", False):
+            start_epoch = cfg.epochs  # the run ended early: a rerun only reloads it
 
     for epoch in range(start_epoch, cfg.epochs):
         started = time.perf_counter()
@@ -171,6 +182,8 @@ def _train(
         if epoch + 1 >= cfg.select_from_epoch and test_acc > best_acc:
             best_acc, best_epoch = test_acc, epoch + 1
             best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        stale = epoch + 1 - max(best_epoch, cfg.select_from_epoch - 1)
+        stop_early = cfg.patience is not None and best_epoch > 0 and stale >= cfg.patience
         if progress_bar:
             best = f"best {best_acc:.4f} @ {best_epoch}" if best_epoch else "in warm-up, not eligible as best"
             tqdm.write(
@@ -193,9 +206,14 @@ def _train(
                     "best_state": best_state,
                     "history": history,
                     "seconds": elapsed,
+                    "stopped_early": stop_early,
                 },
                 ckpt_path,
             )
+        if stop_early:
+            if progress_bar:
+                tqdm.write(f"{desc}: no better test accuracy for {cfg.patience} epochs, stopping early")
+            break
 
     model.load_state_dict(best_state)
     model.eval()

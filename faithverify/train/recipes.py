@@ -73,6 +73,7 @@ class Recipe:
     batch_size: int = 128
     seed: int = 0
     eval_eps: tuple[float, ...] = ()  # radii of the card's robust accuracy (the paper's grid for the dataset)
+    patience: int | None = None  # early stopping: epochs without a better clean test accuracy (None: never)
 
     def __post_init__(self) -> None:
         if self.method != TEACHER and self.method not in STUDENT_METHODS:
@@ -113,6 +114,7 @@ class Recipe:
             seed=self.seed,
             num_threads=num_threads,
             select_from_epoch=first,
+            patience=self.patience,
         )
 
     def build_method(self, teacher: nn.Module | None) -> Method:
@@ -133,7 +135,10 @@ class Recipe:
 
     def fingerprint(self) -> str:
         """A short hash of every field: a checkpoint written under another recipe is never resumed."""
-        text = json.dumps(asdict(self), sort_keys=True)
+        fields_ = asdict(self)
+        if fields_["patience"] is None:  # added later: recipes without it keep their fingerprints (checkpoints)
+            del fields_["patience"]
+        text = json.dumps(fields_, sort_keys=True)
         return hashlib.sha256(text.encode()).hexdigest()[:10]
 
     def with_overrides(self, **overrides: Any) -> Recipe:
