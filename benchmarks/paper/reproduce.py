@@ -23,6 +23,10 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+# isort: off
+import faithverify  # noqa: F401  (before torch: it sets OMP_WAIT_POLICY before OpenMP starts)
+
+# isort: on
 import numpy as np
 import torch
 

@@ -32,6 +32,7 @@ from faithverify.bounds.crown import ChainCrown, LinearReluChain
 from faithverify.bounds.lirpa_compat import import_auto_lirpa
 from faithverify.bounds.softmax import LogitDiffBounds
 from faithverify.errors import BoundingError
+from faithverify.onnx_io.layers import Reshape
 
 
 class BoundMethod(StrEnum):
@@ -98,7 +99,15 @@ class NetworkBounder:
         body = copy.deepcopy(body).to(device=self.device, dtype=dtype).eval()
         for p in body.parameters():
             p.requires_grad_(False)
-        example = torch.zeros(1, input_dim, device=self.device, dtype=dtype)
+        # A flat body of a CNN starts with Reshape(flat -> C, H, W). auto_LiRPA 0.3 cannot pass the conv's
+        # patches-mode bounds back through that Reshape (operators/shape.py indexes a 9-dim patches tensor that
+        # is 7-dim: IndexError for larger batches or radii), so the library sees the image-shaped input and
+        # the boxes are reshaped instead.
+        self._bounded_shape: tuple[int, ...] = (input_dim,)
+        if len(body) > 1 and isinstance(body[0], Reshape) and isinstance(body[1], nn.Conv2d):
+            self._bounded_shape = body[0].shape
+            body = nn.Sequential(*list(body)[1:])
+        example = torch.zeros(1, *self._bounded_shape, device=self.device, dtype=dtype)
         # Both sparse-alpha options trip bugs in 0.3's activation.py (DESIGN.md); dense alphas are exact too.
         with warnings.catch_warnings(), _library_errors("build a bounded module for"):
             # auto_LiRPA traces through torch.jit, which torch 2 marks deprecated on every call.
@@ -151,7 +160,8 @@ class NetworkBounder:
             with torch.no_grad():
                 return self._native.bounds(lower, upper, spec)[0]
         spec = spec.unsqueeze(0).expand(len(lower), -1, -1)
-        x = self._bounded_input(lower, upper)
+        shape = (len(lower), *self._bounded_shape)
+        x = self._bounded_input(lower.reshape(shape), upper.reshape(shape))
         grad: contextlib.AbstractContextManager[Any] = (
             contextlib.nullcontext() if method is BoundMethod.ALPHA_CROWN else torch.no_grad()
         )
