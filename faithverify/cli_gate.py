@@ -6,9 +6,7 @@ The config format is documented in :mod:`faithverify.gate`; this module only wir
 from __future__ import annotations
 
 import json
-import os
 import sys
-import tempfile
 from pathlib import Path
 
 import click
@@ -23,31 +21,6 @@ def _check_output(path: Path | None, option: str) -> None:
     """Refuse an unusable output path before the (long) run, not after it."""
     if path is not None and path.is_dir():
         raise ResultsFileError(f"cannot write {option} {path}: it is a directory")
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    """Replace ``path`` only by a complete file, so CI never reads a half-written report."""
-    target = path.resolve()
-    try:
-        target.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as handle:
-                handle.write(text)
-            # mkstemp creates the file private (0600); a report is for everyone the umask allows.
-            os.chmod(tmp, 0o666 & ~_umask())
-            os.replace(tmp, target)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
-    except OSError as exc:
-        raise ResultsFileError(f"cannot write {path}: {exc.strerror or exc}") from exc
-
-
-def _umask() -> int:
-    current = os.umask(0)
-    os.umask(current)
-    return current
 
 
 @click.command("gate")
@@ -105,7 +78,7 @@ def gate(
       faithverify gate models/mnist/teacher.onnx models/mnist/student-fd.onnx \\
           --config examples/release-gate.toml --junit report.xml --json gate.json
     """
-    from faithverify.gate import format_markdown, load_config, run_gate, to_json, to_junit_xml
+    from faithverify.gate import format_markdown, load_config, run_gate, to_json, to_junit_xml, write_report
 
     config = load_config(config_path)
     outputs = {"--junit": junit_path, "--json": json_path, "--markdown": markdown_path}
@@ -121,7 +94,7 @@ def gate(
     ]
     for path, render in reports:
         if path is not None:
-            _write_atomic(path, render())
+            write_report(path, render())
     click.echo(markdown, nl=False)
     if not result.passed:
         sys.exit(EXIT_FAILED)

@@ -20,7 +20,7 @@ from faithverify.data import load_dataset
 from faithverify.onnx_io import load_model, run_onnxruntime
 from faithverify.threads import torch_threads
 from faithverify.vnn.bench import read_instances, run_suite
-from faithverify.vnn.engine import Outcome, Query, verify
+from faithverify.vnn.engine import Outcome, Problem, verify
 from faithverify.vnn.instance import parse_result, query_from_instance
 from faithverify.vnn.solver_cli import main as solver_main
 from faithverify.vnn.vnnlib import Box, Conjunct, Property, write_vnnlib
@@ -39,7 +39,7 @@ def robustness_property(x0: np.ndarray, label: int, eps: float, classes: int = 1
     return Property([Box(lower[0], upper[0])], unsafe)
 
 
-def single_query(path: Path, prop: Property) -> Query:
+def single_query(path: Path, prop: Property) -> Problem:
     return query_from_instance(path, prop)
 
 

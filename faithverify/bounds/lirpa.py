@@ -104,9 +104,10 @@ class NetworkBounder:
         # is 7-dim: IndexError for larger batches or radii), so the library sees the image-shaped input and
         # the boxes are reshaped instead.
         self._bounded_shape: tuple[int, ...] = (input_dim,)
-        if len(body) > 1 and isinstance(body[0], Reshape) and isinstance(body[1], nn.Conv2d):
-            self._bounded_shape = body[0].shape
-            body = nn.Sequential(*list(body)[1:])
+        layers = list(body.children())
+        if len(layers) > 1 and isinstance(layers[0], Reshape) and isinstance(layers[1], nn.Conv2d):
+            self._bounded_shape = layers[0].shape
+            body = nn.Sequential(*layers[1:])
         example = torch.zeros(1, *self._bounded_shape, device=self.device, dtype=dtype)
         # Both sparse-alpha options trip bugs in 0.3's activation.py (DESIGN.md); dense alphas are exact too.
         with warnings.catch_warnings(), _library_errors("build a bounded module for"):

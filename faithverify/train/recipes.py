@@ -136,7 +136,9 @@ class Recipe:
     def fingerprint(self) -> str:
         """A short hash of every field: a checkpoint written under another recipe is never resumed."""
         fields_ = asdict(self)
-        if fields_["patience"] is None:  # added later: recipes without it keep their fingerprints (checkpoints)
+        if (
+            fields_["patience"] is None
+        ):  # added later: recipes without it keep their fingerprints (checkpoints)
             del fields_["patience"]
         text = json.dumps(fields_, sort_keys=True)
         return hashlib.sha256(text.encode()).hexdigest()[:10]

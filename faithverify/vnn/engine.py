@@ -49,7 +49,7 @@ class Outcome(StrEnum):
 
 
 @dataclass(frozen=True)
-class QueryNetwork:
+class ProblemNetwork:
     """One network of a query: its logits model and whether the query reads its softmax instead."""
 
     name: str
@@ -69,7 +69,7 @@ Conjunct = tuple[np.ndarray, np.ndarray]  # (A [k, M], b [k]): all rows A y <= b
 
 
 @dataclass
-class Query:
+class Problem:
     """Networks reading one input, input boxes (flat, a disjunction) and the unsafe set over their outputs.
 
     ``reference`` computes, with onnxruntime on the query's own files, the outputs the property is written over
@@ -78,7 +78,7 @@ class Query:
     output is ``softmax(z_t) - softmax(z_s)`` is bounded as two networks but checked on the paired graph.
     """
 
-    networks: list[QueryNetwork]
+    networks: list[ProblemNetwork]
     boxes: list[tuple[np.ndarray, np.ndarray]]
     unsafe: list[Conjunct]
     reference: Callable[[np.ndarray], np.ndarray]
@@ -87,23 +87,23 @@ class Query:
     def __post_init__(self) -> None:
         dims = {n.input_dim for n in self.networks}
         if len(dims) != 1:
-            raise QueryError(
+            raise ProblemError(
                 f"the networks of a query must read the same input; their sizes are {sorted(dims)}"
             )
         (dim,) = dims
         outputs = sum(n.num_outputs for n in self.networks)
         for lower, upper in self.boxes:
             if lower.shape != (dim,) or upper.shape != (dim,):
-                raise QueryError(f"an input box has {lower.size} values; the networks read {dim}")
+                raise ProblemError(f"an input box has {lower.size} values; the networks read {dim}")
             if np.any(lower > upper):
-                raise QueryError("an input box is empty (a lower bound above its upper bound)")
+                raise ProblemError("an input box is empty (a lower bound above its upper bound)")
         for a, b in self.unsafe:
             if a.ndim != 2 or a.shape[1] != outputs or b.shape != (a.shape[0],):
-                raise QueryError(
+                raise ProblemError(
                     f"an output constraint reads {a.shape[-1]} outputs; the networks have {outputs}"
                 )
         if len(self.unsafe) != len(self.unsafe_reference):
-            raise QueryError("the unsafe set and its reference form differ in length")
+            raise ProblemError("the unsafe set and its reference form differ in length")
 
     @property
     def input_dim(self) -> int:
@@ -117,7 +117,7 @@ class Query:
         return out
 
 
-class QueryError(FaithverifyError):
+class ProblemError(FaithverifyError):
     """A query the engine cannot take (mismatched inputs or outputs)."""
 
 
@@ -132,7 +132,7 @@ class Answer:
     stats: dict[str, float] = field(default_factory=dict)
 
 
-def query_outputs(query: Query, x: torch.Tensor) -> torch.Tensor:
+def problem_outputs(query: Problem, x: torch.Tensor) -> torch.Tensor:
     """The concatenated outputs of every network at flat inputs ``x [N, D]`` (torch, differentiable)."""
     parts = []
     for net in query.networks:
@@ -145,7 +145,7 @@ def _holds(a: np.ndarray, b: np.ndarray, y: np.ndarray) -> bool:
     return bool(np.all(a @ y - b <= 0))
 
 
-def _check(query: Query, x: np.ndarray, index: int) -> np.ndarray | None:
+def _check(query: Problem, x: np.ndarray, index: int) -> np.ndarray | None:
     """The reference outputs at ``x`` when they satisfy conjunction ``index``, else None."""
     y = query.reference(x.reshape(1, -1).astype(np.float32))[0]
     a, b = query.unsafe_reference[index]
@@ -153,7 +153,7 @@ def _check(query: Query, x: np.ndarray, index: int) -> np.ndarray | None:
 
 
 def _attack(
-    query: Query,
+    query: Problem,
     lower: np.ndarray,
     upper: np.ndarray,
     steps: int,
@@ -188,7 +188,7 @@ def _attack(
         if time.monotonic() > deadline:
             return None
         x.requires_grad_(True)
-        y = query_outputs(query, x)
+        y = problem_outputs(query, x)
         violation = (torch.einsum("nrm,nm->nr", a[conj], y) - b[conj]).amax(dim=-1)
         for n in torch.nonzero(violation.detach() <= 0).flatten().tolist()[: max(0, 1000 - checks)]:
             checks += 1
@@ -216,7 +216,7 @@ class _BoxBounds:
     out_upper: np.ndarray
 
 
-def _box_bounds(query: Query, lower: np.ndarray, upper: np.ndarray) -> _BoxBounds:
+def _box_bounds(query: Problem, lower: np.ndarray, upper: np.ndarray) -> _BoxBounds:
     lo = torch.from_numpy(lower)[None]
     hi = torch.from_numpy(upper)[None]
     bounders, diffs, out_lo, out_hi = [], [], [], []
@@ -240,7 +240,7 @@ def _box_bounds(query: Query, lower: np.ndarray, upper: np.ndarray) -> _BoxBound
     return _BoxBounds(bounders, diffs, np.concatenate(out_lo), np.concatenate(out_hi))
 
 
-def _single_logits_network(query: Query, row: np.ndarray) -> int | None:
+def _single_logits_network(query: Problem, row: np.ndarray) -> int | None:
     """The network whose logits are the only outputs ``row`` reads, if there is one."""
     for k, (net, part) in enumerate(zip(query.networks, query.slices(), strict=True)):
         outside = np.delete(row, np.arange(part.start, part.stop))
@@ -250,7 +250,7 @@ def _single_logits_network(query: Query, row: np.ndarray) -> int | None:
 
 
 def _row_lower_bound(
-    query: Query, bounds: _BoxBounds, box: tuple[np.ndarray, np.ndarray], row: np.ndarray
+    query: Problem, bounds: _BoxBounds, box: tuple[np.ndarray, np.ndarray], row: np.ndarray
 ) -> float:
     """A sound lower bound on ``row · y`` over the box."""
     interval = float(np.sum(np.where(row > 0, row * bounds.out_lower, row * bounds.out_upper)))
@@ -266,7 +266,7 @@ def _row_lower_bound(
     return max(direct, interval)
 
 
-def _pair_faithfulness_delta(query: Query) -> float | None:
+def _pair_faithfulness_delta(query: Problem) -> float | None:
     """``delta`` when the query is a pair's faithfulness property (every conjunction one row
     ``±(p_t,i - p_s,i) >= delta`` over two softmax networks), else None."""
     if len(query.networks) != 2 or not all(n.probabilities for n in query.networks):
@@ -290,7 +290,7 @@ def _pair_faithfulness_delta(query: Query) -> float | None:
 
 
 def verify(
-    query: Query,
+    query: Problem,
     timeout: float = 60.0,
     *,
     solver: Solver = Solver.AUTO,
@@ -346,7 +346,7 @@ def verify(
 
 
 def _refine_pair(
-    query: Query,
+    query: Problem,
     box: tuple[np.ndarray, np.ndarray],
     bounds: _BoxBounds,
     delta: float,
@@ -374,7 +374,7 @@ def _refine_pair(
 
 
 def _refine_rows(
-    query: Query,
+    query: Problem,
     box: tuple[np.ndarray, np.ndarray],
     remaining: list[int],
     solver: Solver,

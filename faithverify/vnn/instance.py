@@ -21,7 +21,7 @@ from onnx import utils as onnx_utils
 from faithverify.errors import ModelLoadError
 from faithverify.onnx_io import load_model, load_model_proto, run_onnxruntime
 from faithverify.pair import STUDENT_LOGITS, TEACHER_LOGITS
-from faithverify.vnn.engine import Answer, Outcome, Query, QueryError, QueryNetwork
+from faithverify.vnn.engine import Answer, Outcome, Problem, ProblemError, ProblemNetwork
 from faithverify.vnn.vnnlib import Property
 
 
@@ -52,7 +52,7 @@ def _read(path: Path) -> onnx.ModelProto:
         raise ModelLoadError(f"{path}: not a readable ONNX model ({type(exc).__name__})") from exc
 
 
-def query_from_instance(onnx_path: str | Path, prop: Property) -> Query:
+def query_from_instance(onnx_path: str | Path, prop: Property) -> Problem:
     """The engine query for ``onnx_path`` under ``prop`` (raises a FaithverifyError on bad input)."""
     onnx_path = Path(onnx_path)
     full = _read(onnx_path)
@@ -61,19 +61,19 @@ def query_from_instance(onnx_path: str | Path, prop: Property) -> Query:
     if is_paired_gap_graph(full):
         teacher = load_model_proto(_extract(full, TEACHER_LOGITS))
         student = load_model_proto(_extract(full, STUDENT_LOGITS))
-        networks = [QueryNetwork("teacher", teacher, True), QueryNetwork("student", student, True)]
+        networks = [ProblemNetwork("teacher", teacher, True), ProblemNetwork("student", student, True)]
         unsafe = [(np.concatenate([a, -a], axis=1), b) for a, b in reference_unsafe]
         n_outputs = teacher.num_classes
     else:
         model = load_model(onnx_path)  # validates every operator (an unsupported one is named with its node)
-        networks = [QueryNetwork(onnx_path.stem, model, model.softmax_stripped)]
+        networks = [ProblemNetwork(onnx_path.stem, model, model.softmax_stripped)]
         unsafe = reference_unsafe
         n_outputs = model.num_classes
     if prop.n_outputs != n_outputs:
-        raise QueryError(f"the property reads {prop.n_outputs} outputs; {onnx_path.name} has {n_outputs}")
+        raise ProblemError(f"the property reads {prop.n_outputs} outputs; {onnx_path.name} has {n_outputs}")
     input_shape = networks[0].model.input_shape
     if prop.n_inputs != int(np.prod(input_shape)):
-        raise QueryError(
+        raise ProblemError(
             f"the property constrains {prop.n_inputs} inputs; {onnx_path.name} takes {int(np.prod(input_shape))}"
         )
 
@@ -81,7 +81,7 @@ def query_from_instance(onnx_path: str | Path, prop: Property) -> Query:
         out = run_onnxruntime(str(onnx_path), x.reshape(len(x), *input_shape).astype(np.float32))
         return out.reshape(len(x), -1)
 
-    return Query(networks, boxes, unsafe, reference, reference_unsafe)
+    return Problem(networks, boxes, unsafe, reference, reference_unsafe)
 
 
 def format_result(answer: Answer) -> str:

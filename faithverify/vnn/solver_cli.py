@@ -24,7 +24,7 @@ import numpy as np
 from faithverify import __version__
 from faithverify.errors import FaithverifyError, UnsupportedOperatorError
 from faithverify.onnx_io import load_model, run_onnxruntime
-from faithverify.vnn.engine import Outcome, Query, QueryNetwork, verify
+from faithverify.vnn.engine import Outcome, Problem, ProblemNetwork, verify
 from faithverify.vnn.vnnlib import VnnlibError
 from faithverify.vnn.vnnlib2 import Network, read_query
 
@@ -141,7 +141,7 @@ def verify_command(query_file: Path, networks: tuple[str, ...], timeout: float) 
                 f"network {net.name}: {paths[net.name]} takes {list(model.input_shape)} and gives "
                 f"{model.num_classes} outputs; the query declares {list(net.input_shape)} and {list(net.output_shape)}"
             )
-        query_networks.append(QueryNetwork(net.name, model, model.softmax_stripped))
+        query_networks.append(ProblemNetwork(net.name, model, model.softmax_stripped))
 
     def reference(x: np.ndarray) -> np.ndarray:
         outs = []
@@ -153,7 +153,7 @@ def verify_command(query_file: Path, networks: tuple[str, ...], timeout: float) 
     unsafe = [(c.a, c.b) for c in parsed.unsafe]
     boxes = [(b.lower, b.upper) for b in parsed.input_boxes]
     try:
-        query = Query(query_networks, boxes, unsafe, reference, unsafe)
+        query = Problem(query_networks, boxes, unsafe, reference, unsafe)
         answer = verify(query, timeout)
     except FaithverifyError as exc:
         click.echo(f"{exc}", err=True)
