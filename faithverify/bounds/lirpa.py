@@ -104,7 +104,7 @@ class NetworkBounder:
         # is 7-dim: IndexError for larger batches or radii), so the library sees the image-shaped input and
         # the boxes are reshaped instead.
         self._bounded_shape: tuple[int, ...] = (input_dim,)
-        layers = list(body.children())
+        layers = list(body.children()) if isinstance(body, nn.Sequential) else []
         if len(layers) > 1 and isinstance(layers[0], Reshape) and isinstance(layers[1], nn.Conv2d):
             self._bounded_shape = layers[0].shape
             body = nn.Sequential(*layers[1:])
