@@ -61,12 +61,16 @@ def check_onnx(
     inputs: np.ndarray | None = None,
     input_shape: tuple[int, ...] | None = None,
     n: int = 256,
-    atol: float = 1e-5,
+    atol: float = 1e-4,
     seed: int = 0,
+    rtol: float = 1e-6,
 ) -> float:
     """``max |z_torch(x) - z_ort(x)|`` over ``inputs`` (default: n uniform [0, 1] samples).
 
-    Raises :class:`ExportCheckError` when it exceeds ``atol``; returns it otherwise.
+    Raises :class:`ExportCheckError` when it exceeds ``atol + rtol * max |z_torch|``; returns it otherwise. The
+    tolerance is float32 rounding, the same as the loader's check (``onnx_io.load_model``) and VNN-COMP's for a
+    counterexample: two runtimes that sum 784 products in another order differ by up to a few 1e-5 (measured
+    2.4e-5 on a Fashion-MNIST student whose logits stay below 5), more for logits in the hundreds.
     """
     if inputs is None:
         if input_shape is None:
@@ -79,6 +83,7 @@ def check_onnx(
     with torch.no_grad():
         torch_out = model(torch.from_numpy(inputs)).numpy()
     diff = float(np.abs(np.asarray(ort_out) - torch_out).max())
-    if not diff <= atol:
-        raise ExportCheckError(f"{path}: onnxruntime differs from torch by {diff:.3g} (> {atol:g})")
+    tolerance = atol + rtol * float(np.abs(torch_out).max())
+    if not diff <= tolerance:
+        raise ExportCheckError(f"{path}: onnxruntime differs from torch by {diff:.3g} (> {tolerance:.3g})")
     return diff
