@@ -13,14 +13,18 @@ from pathlib import Path
 import click
 
 from faithverify import __version__
-from faithverify.cli_support import reports_errors
-
-
-def _check_eps(_ctx: click.Context, _param: click.Parameter, values: tuple[float, ...]) -> tuple[float, ...]:
-    for eps in values:
-        if not math.isfinite(eps) or eps < 0:
-            raise click.BadParameter(f"{eps} is not a radius: eps must be a finite number >= 0")
-    return values
+from faithverify.cli_support import (
+    attack_options,
+    data_options,
+    domain_option,
+    eps_list_option,
+    output_option,
+    quiet_option,
+    reports_errors,
+    solver_option,
+    summary_options,
+    timeout_option,
+)
 
 
 def _check_delta(value: float | None) -> float | None:
@@ -53,54 +57,10 @@ def main() -> None:
 @main.command()
 @click.argument("teacher", type=click.Path(path_type=Path))
 @click.argument("student", type=click.Path(path_type=Path))
-@click.option(
-    "--eps",
-    "eps_list",
-    type=float,
-    multiple=True,
-    required=True,
-    callback=_check_eps,
-    help="L-inf radius of the input ball; repeat for several (e.g. --eps 0.025 --eps 0.05).",
-)
-@click.option(
-    "--data",
-    "data_source",
-    default=None,
-    help="Points to certify: a dataset name (mnist, fashion-mnist, cifar10) under --data-root, a directory "
-    "in the IDX or cifar-10-batches-py layout, or an .npz file with arrays x and y. Default: sample.npz "
-    "beside the teacher file.",
-)
-@click.option(
-    "--data-root",
-    type=click.Path(path_type=Path),
-    default=None,
-    help="Where dataset names are looked up. Default: $FAITHVERIFY_DATA_ROOT.",
-)
-@click.option(
-    "--split",
-    type=click.Choice(["test", "train"]),
-    default="test",
-    show_default=True,
-    help="Dataset split, for dataset names and directories.",
-)
-@click.option(
-    "--n",
-    "count",
-    type=click.IntRange(min=1),
-    default=None,
-    help="Certify only the first N points (after --start). Default: all.",
-)
-@click.option(
-    "--start", type=click.IntRange(min=0), default=0, show_default=True, help="Index of the first point."
-)
-@click.option(
-    "--domain",
-    nargs=2,
-    type=float,
-    default=(0.0, 1.0),
-    show_default=True,
-    help="Valid input range LOW HIGH; balls are clipped to it. No normalisation is applied: a model "
-    "that normalises must do it inside its graph.",
+@eps_list_option("L-inf radius of the input ball; repeat for several (e.g. --eps 0.025 --eps 0.05).")
+@data_options("Points to certify", count="Certify only the first N points")
+@domain_option(
+    "balls are clipped to it. No normalisation is applied: a model that normalises must do it inside its graph."
 )
 @click.option(
     "--bounds",
@@ -133,20 +93,11 @@ def main() -> None:
     show_default=True,
     help="With --delta: refine undecided points with the MILP.",
 )
-@click.option(
-    "--solver",
-    type=click.Choice(["auto", "highs", "gurobi"]),
-    default="auto",
-    show_default=True,
-    help="MILP solver. auto: Gurobi where its license accepts the model, HiGHS otherwise.",
-)
-@click.option(
-    "--timeout",
-    "milp_timeout",
-    type=click.FloatRange(min=0.1),
-    default=60.0,
-    show_default=True,
-    help="Seconds of MILP per point; a stopped solve contributes its dual bound, never its incumbent.",
+@solver_option()
+@timeout_option(
+    "Seconds of MILP per point; a stopped solve contributes its dual bound, never its incumbent.",
+    dest="milp_timeout",
+    at_least=0.1,
 )
 @click.option(
     "--jobs",
@@ -162,27 +113,13 @@ def main() -> None:
     show_default=True,
     help="Optimisation steps of alpha-CROWN.",
 )
-@click.option(
-    "--attack-steps",
-    type=click.IntRange(min=0),
-    default=50,
-    show_default=True,
-    help="PGD steps for EmpLB (step size 2.5*eps/steps).",
-)
-@click.option(
-    "--restarts",
-    type=click.IntRange(min=1),
-    default=3,
-    show_default=True,
-    help="PGD restarts for EmpLB (the first from x0, the rest random).",
-)
+@attack_options(seed="Seed of the attacks' random starts.")
 @click.option(
     "--robustness/--no-robustness",
     default=True,
     show_default=True,
     help="Also measure each model's robust accuracy and the distillation agreement (PGD-50).",
 )
-@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the attacks' random starts.")
 @click.option(
     "--batch-size",
     type=click.IntRange(min=1),
@@ -208,15 +145,8 @@ def main() -> None:
     is_flag=True,
     help="Keep the points already in --out and compute only the rest (settings must match).",
 )
-@click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON instead of a table.")
-@click.option(
-    "--csv",
-    "csv_path",
-    type=click.Path(path_type=Path),
-    default=None,
-    help="Also write the summary table as CSV here.",
-)
-@click.option("--quiet", is_flag=True, help="No progress bar.")
+@summary_options
+@quiet_option()
 @reports_errors
 def certify(
     teacher: Path,
@@ -271,8 +201,6 @@ def certify(
     from faithverify.pair import load_pair
     from faithverify.results import ResultsFile, format_table, summarize, write_summary_csv
 
-    if domain[0] >= domain[1] or not all(math.isfinite(v) for v in domain):
-        raise click.BadParameter(f"domain {domain} is not an interval LOW < HIGH", param_hint="--domain")
     if resume and out is None:
         raise click.BadParameter("--resume needs --out", param_hint="--resume")
     data_source = sample_beside(teacher, data_source)
@@ -364,21 +292,8 @@ def certify(
 @main.command()
 @click.argument("teacher", type=click.Path(path_type=Path))
 @click.argument("student", type=click.Path(path_type=Path))
-@click.option(
-    "-o",
-    "--output",
-    type=click.Path(path_type=Path),
-    required=True,
-    help="Where to write the paired ONNX model.",
-)
-@click.option(
-    "--domain",
-    nargs=2,
-    type=float,
-    default=(0.0, 1.0),
-    show_default=True,
-    help="Input range of the random inputs the conversion is checked on.",
-)
+@output_option("Where to write the paired ONNX model.")
+@domain_option("the conversion is checked on random inputs in it.")
 @reports_errors
 def pair(teacher: Path, student: Path, output: Path, domain: tuple[float, float]) -> None:
     """Write the paired graph: input x, outputs z_t, z_s and softmax(z_t) - softmax(z_s).
@@ -409,14 +324,7 @@ def pair(teacher: Path, student: Path, output: Path, domain: tuple[float, float]
 
 @main.command()
 @click.argument("results", type=click.Path(exists=True, dir_okay=False, path_type=Path))
-@click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON instead of a table.")
-@click.option(
-    "--csv",
-    "csv_path",
-    type=click.Path(path_type=Path),
-    default=None,
-    help="Also write the summary as CSV here.",
-)
+@summary_options
 @reports_errors
 def summary(results: Path, as_json: bool, csv_path: Path | None) -> None:
     """Summarise a results file written by `certify --out` (one row per eps)."""

@@ -7,11 +7,12 @@ from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import click
 
-from faithverify.cli_support import reports_errors
+from faithverify.cli_support import F, quiet_option, reports_errors
 from faithverify.errors import ResultsFileError
 
 EXIT_FAILED = 1
@@ -21,6 +22,13 @@ def _check_output(path: Path | None, option: str) -> None:
     """Refuse an unusable output path before the (long) run, not after it."""
     if path is not None and path.is_dir():
         raise ResultsFileError(f"cannot write {option} {path}: it is a directory")
+
+
+def _report_option(flag: str, help: str) -> Callable[[F], F]:
+    """An optional report path, passed as ``<name>_path``."""
+    return click.option(
+        flag, f"{flag.lstrip('-')}_path", type=click.Path(path_type=Path), default=None, help=help
+    )
 
 
 @click.command("gate")
@@ -33,28 +41,12 @@ def _check_output(path: Path | None, option: str) -> None:
     required=True,
     help="The gate's TOML file: data, thresholds, time budget (see examples/release-gate.toml).",
 )
-@click.option(
-    "--junit",
-    "junit_path",
-    type=click.Path(path_type=Path),
-    default=None,
-    help="Write a JUnit XML report here (one test case per check), for CI test reports.",
+@_report_option("--junit", "Write a JUnit XML report here (one test case per check), for CI test reports.")
+@_report_option(
+    "--json", "Write every check's measurement, threshold and outcome, the settings and timings as JSON here."
 )
-@click.option(
-    "--json",
-    "json_path",
-    type=click.Path(path_type=Path),
-    default=None,
-    help="Write every check's measurement, threshold and outcome, the settings and timings as JSON here.",
-)
-@click.option(
-    "--markdown",
-    "markdown_path",
-    type=click.Path(path_type=Path),
-    default=None,
-    help="Also write the Markdown summary here (e.g. for a CI job summary).",
-)
-@click.option("--quiet", is_flag=True, help="No progress lines on stderr.")
+@_report_option("--markdown", "Also write the Markdown summary here (e.g. for a CI job summary).")
+@quiet_option("No progress lines on stderr.")
 @reports_errors
 def gate(
     teacher: Path,

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 
 import click
 
-from faithverify.cli_support import reports_errors
+from faithverify.cli_support import attack_options, data_options, domain_option, output_option, reports_errors
 
 
 def _parse_dims(_ctx: click.Context, _param: click.Parameter, value: str) -> tuple[int, int] | None:
@@ -30,13 +29,7 @@ def _odd_resolution(_ctx: click.Context, _param: click.Parameter, value: int) ->
 
 @click.command()
 @click.argument("results", nargs=-1, required=True, type=click.Path(path_type=Path))
-@click.option(
-    "-o",
-    "--output",
-    type=click.Path(file_okay=False, path_type=Path),
-    required=True,
-    help="Folder to write the report into (created if needed).",
-)
+@output_option("Folder to write the report into (created if needed).", kind="folder")
 @reports_errors
 def report(results: tuple[Path, ...], output: Path) -> None:
     """Turn results files of `certify --out` into tables and plots.
@@ -66,27 +59,8 @@ def report(results: tuple[Path, ...], output: Path) -> None:
 @click.option(
     "--eps", type=click.FloatRange(min=0, min_open=True), required=True, help="L-inf radius of the ball."
 )
-@click.option(
-    "--data",
-    "data_source",
-    default=None,
-    help="Where the point comes from, as for `certify` (default: sample.npz beside the teacher file).",
-)
-@click.option(
-    "--data-root",
-    type=click.Path(path_type=Path),
-    default=None,
-    help="Where dataset names are looked up. Default: $FAITHVERIFY_DATA_ROOT.",
-)
-@click.option("--split", type=click.Choice(["test", "train"]), default="test", show_default=True)
-@click.option(
-    "--domain",
-    nargs=2,
-    type=float,
-    default=(0.0, 1.0),
-    show_default=True,
-    help="Valid input range LOW HIGH; the slice is clipped to it and to the ball.",
-)
+@data_options("Where the point comes from")
+@domain_option("the slice is clipped to it and to the ball.")
 @click.option(
     "--dims",
     default="auto",
@@ -103,26 +77,14 @@ def report(results: tuple[Path, ...], output: Path) -> None:
     callback=_odd_resolution,
     help="Grid points per axis (odd, so that x0 is the centre).",
 )
-@click.option(
-    "--seed", type=int, default=0, show_default=True, help="Seed of the random direction and the attack."
-)
-@click.option(
-    "--attack-steps", type=click.IntRange(min=0), default=50, show_default=True, help="PGD steps for EmpLB."
-)
-@click.option("--restarts", type=click.IntRange(min=1), default=3, show_default=True, help="PGD restarts.")
+@attack_options(seed="Seed of the random direction and the attack.")
 @click.option(
     "--faith-ub/--no-faith-ub",
     default=True,
     show_default=True,
     help="Bound the point by CROWN and show its FaithUB in the title.",
 )
-@click.option(
-    "-o",
-    "--output",
-    type=click.Path(dir_okay=False, path_type=Path),
-    required=True,
-    help="Where to write the PNG.",
-)
+@output_option("Where to write the PNG.", kind="file")
 @reports_errors
 def heatmap(
     teacher: Path,
@@ -158,8 +120,6 @@ def heatmap(
     from faithverify.heatmap import compute_gap_slice, plot_gap_slice
     from faithverify.pair import load_pair
 
-    if domain[0] >= domain[1] or not all(math.isfinite(v) for v in domain):
-        raise click.BadParameter(f"domain {domain} is not an interval LOW < HIGH", param_hint="--domain")
     if output.is_dir():
         raise ResultsFileError(f"cannot write {output}: it is a directory")
     source = sample_beside(teacher, data_source)

@@ -1,10 +1,13 @@
-"""What every faithverify command shares: exit codes and turning library errors into one line on stderr."""
+"""What every faithverify command shares: exit codes, turning library errors into one line on stderr, and the
+options (with their validation) that several commands take with the same meaning."""
 
 from __future__ import annotations
 
+import math
 import sys
 from collections.abc import Callable
 from functools import wraps
+from pathlib import Path
 from typing import Any, TypeVar
 
 import click
@@ -34,3 +37,171 @@ def reports_errors(func: F) -> F:
             sys.exit(EXIT_INTERNAL)
 
     return wrapper  # type: ignore[return-value]
+
+
+def compose(*decorators: Callable[[Any], Any]) -> Callable[[F], F]:
+    """One decorator applying ``decorators`` as if stacked in this order (so options show in this order)."""
+
+    def apply(func: F) -> F:
+        for decorator in reversed(decorators):
+            func = decorator(func)
+        return func
+
+    return apply
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Validation callbacks
+
+
+def check_eps(_ctx: click.Context, _param: click.Parameter, values: tuple[float, ...]) -> tuple[float, ...]:
+    """Every radius of a repeated ``--eps`` is a finite number >= 0."""
+    for eps in values:
+        if not math.isfinite(eps) or eps < 0:
+            raise click.BadParameter(f"{eps} is not a radius: eps must be a finite number >= 0")
+    return values
+
+
+def check_domain(
+    _ctx: click.Context | None, _param: click.Parameter | None, domain: tuple[float, float]
+) -> tuple[float, float]:
+    """``--domain LOW HIGH`` is a finite interval with LOW < HIGH."""
+    if domain[0] >= domain[1] or not all(math.isfinite(v) for v in domain):
+        raise click.BadParameter(f"domain {domain} is not an interval LOW < HIGH", param_hint="--domain")
+    return domain
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Options shared by several commands; the help text is parametrised where its meaning depends on the command.
+
+
+def output_option(help: str, *, kind: str = "any") -> Callable[[F], F]:
+    """``-o/--output``, required: a ``"file"``, a ``"folder"`` or (``"any"``) a path not checked for either."""
+    path = click.Path(file_okay=kind != "folder", dir_okay=kind != "file", path_type=Path)
+    return click.option("-o", "--output", type=path, required=True, help=help)
+
+
+def eps_list_option(help: str) -> Callable[[F], F]:
+    """``--eps`` repeated, as the tuple ``eps_list`` of radii."""
+    return click.option(
+        "--eps", "eps_list", type=float, multiple=True, required=True, callback=check_eps, help=help
+    )
+
+
+def data_options(points: str, count: str | None = None) -> Callable[[F], F]:
+    """``--data`` (as ``data_source``), ``--data-root``, ``--split`` and, with ``count``, ``--n`` and ``--start``.
+
+    ``points`` opens the help of ``--data`` (what the points are for); ``count`` opens the help of ``--n``
+    ("Certify only the first N points"). Without it the command picks its points otherwise (heatmap's
+    ``--index``).
+    """
+    options = [
+        click.option(
+            "--data",
+            "data_source",
+            default=None,
+            help=f"{points}: a dataset name (mnist, fashion-mnist, cifar10) under --data-root, a directory in "
+            "the IDX or cifar-10-batches-py layout, or an .npz file with arrays x and y. Default: sample.npz "
+            "beside the teacher file.",
+        ),
+        click.option(
+            "--data-root",
+            type=click.Path(path_type=Path),
+            default=None,
+            help="Where dataset names are looked up. Default: $FAITHVERIFY_DATA_ROOT.",
+        ),
+        click.option(
+            "--split",
+            type=click.Choice(["test", "train"]),
+            default="test",
+            show_default=True,
+            help="Dataset split, for dataset names and directories.",
+        ),
+    ]
+    if count is not None:
+        options += [
+            click.option(
+                "--n",
+                "count",
+                type=click.IntRange(min=1),
+                default=None,
+                help=f"{count} (after --start). Default: all.",
+            ),
+            click.option(
+                "--start",
+                type=click.IntRange(min=0),
+                default=0,
+                show_default=True,
+                help="Index of the first point.",
+            ),
+        ]
+    return compose(*options)
+
+
+def domain_option(clipped: str) -> Callable[[F], F]:
+    """``--domain LOW HIGH``, checked to be an interval; ``clipped`` says what the command does with it."""
+    return click.option(
+        "--domain",
+        nargs=2,
+        type=float,
+        default=(0.0, 1.0),
+        show_default=True,
+        callback=check_domain,
+        help=f"Valid input range LOW HIGH; {clipped}",
+    )
+
+
+def solver_option(what: str = "MILP solver") -> Callable[[F], F]:
+    """``--solver``: the name of a :class:`faithverify.bounds.milp.Solver`."""
+    return click.option(
+        "--solver",
+        type=click.Choice(["auto", "gurobi", "highs"]),
+        default="auto",
+        show_default=True,
+        help=f"{what}. auto: Gurobi where its license accepts the model, HiGHS otherwise.",
+    )
+
+
+def timeout_option(help: str, *, dest: str = "timeout", at_least: float | None = None) -> Callable[[F], F]:
+    """``--timeout`` in seconds, default 60: positive, or ``>= at_least`` where that is given."""
+    seconds = click.FloatRange(min=0, min_open=True) if at_least is None else click.FloatRange(min=at_least)
+    return click.option("--timeout", dest, type=seconds, default=60.0, show_default=True, help=help)
+
+
+def attack_options(seed: str) -> Callable[[F], F]:
+    """``--attack-steps``, ``--restarts`` and ``--seed`` of the PGD attack that finds EmpLB."""
+    return compose(
+        click.option(
+            "--attack-steps",
+            type=click.IntRange(min=0),
+            default=50,
+            show_default=True,
+            help="PGD steps for EmpLB (step size 2.5*eps/steps).",
+        ),
+        click.option(
+            "--restarts",
+            type=click.IntRange(min=1),
+            default=3,
+            show_default=True,
+            help="PGD restarts for EmpLB (the first from x0, the rest random).",
+        ),
+        click.option("--seed", type=int, default=0, show_default=True, help=seed),
+    )
+
+
+def summary_options(func: F) -> F:
+    """``--json`` (as ``as_json``) and ``--csv`` (as ``csv_path``) for the summary table of a results file."""
+    return compose(
+        click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON instead of a table."),
+        click.option(
+            "--csv",
+            "csv_path",
+            type=click.Path(path_type=Path),
+            default=None,
+            help="Also write the summary table as CSV here.",
+        ),
+    )(func)
+
+
+def quiet_option(help: str = "No progress bar.") -> Callable[[F], F]:
+    return click.option("--quiet", is_flag=True, help=help)

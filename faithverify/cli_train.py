@@ -13,7 +13,7 @@ from typing import Any
 
 import click
 
-from faithverify.cli_support import reports_errors
+from faithverify.cli_support import compose, output_option, quiet_option, reports_errors
 from faithverify.data import KNOWN_DATASETS
 from faithverify.train.recipes import RECIPES, STUDENT_METHODS, TEACHER, Recipe, get_recipe
 
@@ -89,18 +89,10 @@ def _training_options(func: Any) -> Any:
             help="Per-epoch state; rerunning the same command resumes from it.",
         ),
         click.option("--threads", type=click.IntRange(min=1), default=2, show_default=True),
-        click.option("--quiet", is_flag=True, help="No progress bars."),
-        click.option(
-            "-o",
-            "--output",
-            type=click.Path(dir_okay=False, path_type=Path),
-            required=True,
-            help="ONNX file.",
-        ),
+        quiet_option("No progress bars."),
+        output_option("ONNX file.", kind="file"),
     ]
-    for option in reversed(options):
-        func = option(func)
-    return func
+    return compose(*options)(func)
 
 
 def _train(recipe: Recipe, output: Path, teacher: Path | None, opts: dict[str, Any]) -> None:

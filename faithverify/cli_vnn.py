@@ -2,42 +2,29 @@
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 
 import click
 
-from faithverify.cli_support import reports_errors
-
-
-def _finite_radii(
-    _ctx: click.Context, _param: click.Parameter, values: tuple[float, ...]
-) -> tuple[float, ...]:
-    for eps in values:
-        if not math.isfinite(eps) or eps < 0:
-            raise click.BadParameter(f"{eps} is not a radius: eps must be a finite number >= 0")
-    return values
+from faithverify.cli_support import (
+    data_options,
+    domain_option,
+    eps_list_option,
+    output_option,
+    quiet_option,
+    reports_errors,
+    solver_option,
+    timeout_option,
+)
 
 
 @click.command("export-vnn")
 @click.argument("teacher", type=click.Path(path_type=Path))
 @click.argument("student", type=click.Path(path_type=Path))
-@click.option(
-    "-o",
-    "--output",
-    type=click.Path(file_okay=False, path_type=Path),
-    required=True,
-    help="Folder of the suite (created if missing; files of the same names are replaced).",
+@output_option(
+    "Folder of the suite (created if missing; files of the same names are replaced).", kind="folder"
 )
-@click.option(
-    "--eps",
-    "eps_list",
-    type=float,
-    multiple=True,
-    required=True,
-    callback=_finite_radii,
-    help="L-inf radius of the input box; repeat for several. One instance per point and eps.",
-)
+@eps_list_option("L-inf radius of the input box; repeat for several. One instance per point and eps.")
 @click.option(
     "--delta",
     type=click.FloatRange(0.0, 1.0),
@@ -45,43 +32,9 @@ def _finite_radii(
     help="Threshold on the confidence gap: an instance is unsafe (sat) where some class's probabilities "
     "differ by at least DELTA.",
 )
-@click.option(
-    "--data",
-    "data_source",
-    default=None,
-    help="Points, as for `certify`: a dataset name under --data-root, a directory, or an .npz file. "
-    "Default: sample.npz beside the teacher file.",
-)
-@click.option(
-    "--data-root",
-    type=click.Path(path_type=Path),
-    default=None,
-    help="Where dataset names are looked up. Default: $FAITHVERIFY_DATA_ROOT.",
-)
-@click.option(
-    "--split", type=click.Choice(["test", "train"]), default="test", show_default=True, help="Dataset split."
-)
-@click.option(
-    "--n", "count", type=click.IntRange(min=1), default=None, help="Only the first N points (after --start)."
-)
-@click.option(
-    "--start", type=click.IntRange(min=0), default=0, show_default=True, help="Index of the first point."
-)
-@click.option(
-    "--domain",
-    nargs=2,
-    type=float,
-    default=(0.0, 1.0),
-    show_default=True,
-    help="Valid input range LOW HIGH; every box is clipped to it.",
-)
-@click.option(
-    "--timeout",
-    type=click.FloatRange(min=0, min_open=True),
-    default=60.0,
-    show_default=True,
-    help="Seconds per instance, written in instances.csv.",
-)
+@data_options("Points to export", count="Export only the first N points")
+@domain_option("every box is clipped to it.")
+@timeout_option("Seconds per instance, written in instances.csv.")
 @reports_errors
 def export_vnn(
     teacher: Path,
@@ -118,8 +71,6 @@ def export_vnn(
     from faithverify.pair import load_pair
     from faithverify.vnn.export import GAP_MODEL, INSTANCES, STUDENT_MODEL, TEACHER_MODEL, export_suite
 
-    if domain[0] >= domain[1] or not all(math.isfinite(v) for v in domain):
-        raise click.BadParameter(f"domain {domain} is not an interval LOW < HIGH", param_hint="--domain")
     source = sample_beside(teacher, data_source)
     pair = load_pair(teacher, student, domain=domain)
     points = select_points(
@@ -157,13 +108,7 @@ def export_vnn(
     help="Where the per-instance result files go (default: a folder beside --out named after it).",
 )
 @click.option("--resume", is_flag=True, help="Skip the instances already in --out.")
-@click.option(
-    "--solver",
-    type=click.Choice(["auto", "gurobi", "highs"]),
-    default="auto",
-    show_default=True,
-    help="MILP solver for what bound propagation leaves open.",
-)
+@solver_option("MILP solver for what bound propagation leaves open")
 @click.option("--no-milp", is_flag=True, help="Attack and CROWN only: fast, and more answers are unknown.")
 @click.option(
     "--timeout-cap",
@@ -171,7 +116,7 @@ def export_vnn(
     default=None,
     help="Use at most this many seconds per instance, whatever instances.csv says.",
 )
-@click.option("--quiet", is_flag=True, help="No progress bar.")
+@quiet_option()
 @reports_errors
 def bench(
     instances: Path,
@@ -234,8 +179,8 @@ def bench(
     default=None,
     help="Write the VNN-COMP result file here (default: print it).",
 )
-@click.option("--timeout", type=click.FloatRange(min=0, min_open=True), default=60.0, show_default=True)
-@click.option("--solver", type=click.Choice(["auto", "gurobi", "highs"]), default="auto", show_default=True)
+@timeout_option("Seconds for the instance.")
+@solver_option("MILP solver for what bound propagation leaves open")
 @reports_errors
 def verify_instance(
     onnx_file: Path, vnnlib_file: Path, result: Path | None, timeout: float, solver: str

@@ -26,7 +26,7 @@ from faithverify.train.architectures import build, get_spec
 from faithverify.train.attacks import PGDConfig, accuracy, robust_accuracy
 from faithverify.train.export import check_onnx, export_onnx
 from faithverify.train.loop import train
-from faithverify.train.recipes import METHOD_TITLES, Recipe
+from faithverify.train.recipes import METHOD_TITLES, Recipe, get_recipe
 
 
 @dataclass
@@ -100,6 +100,17 @@ def _fit(dataset: Dataset, input_shape: tuple[int, ...]) -> Dataset:
     return dataclasses.replace(dataset, x=fit_to_input_shape(dataset.x, input_shape))
 
 
+def _card_eps(recipe: Recipe) -> float:
+    """The radius of a card's robust accuracy: the training radius, or for SD (trained without an attack) its
+    dataset's teacher radius, so the students of one teacher are compared at one eps."""
+    if recipe.adv_eps > 0:
+        return recipe.adv_eps
+    try:
+        return get_recipe(f"{recipe.dataset}/teacher").adv_eps
+    except ValueError:
+        return recipe.eval_eps[0] if recipe.eval_eps else 0.0
+
+
 def checkpoint_path(recipe: Recipe, checkpoint_dir: Path) -> Path:
     return checkpoint_dir / recipe.dataset / f"{recipe.method}-{recipe.fingerprint()}.ckpt"
 
@@ -162,7 +173,7 @@ def train_recipe(
     threads_before = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
-        eval_eps = recipe.adv_eps if recipe.adv_eps > 0 else (recipe.eval_eps[1] if recipe.eval_eps else 0.0)
+        eval_eps = _card_eps(recipe)
         robust = {}
         if eval_eps > 0:
             gen = torch.Generator().manual_seed(recipe.seed)

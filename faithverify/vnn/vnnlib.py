@@ -572,16 +572,33 @@ def read_vnnlib(path: str | Path) -> Property:
 # Writing VNN-LIB 1.0
 
 
-def _number(value: float) -> str:
-    """``repr`` of a float64: the shortest text that reads back to the same double."""
+def format_number(value: float, *, plain: bool = False) -> str:
+    """A float64 as the shortest text that reads back to the same double.
+
+    That is its ``repr`` (VNN-LIB 1.0 takes scientific notation), or with ``plain`` a decimal without an exponent
+    (VNN-LIB 2.0's grammar has none).
+    """
     value = float(value)
     if not math.isfinite(value):
         raise ValueError(f"VNN-LIB cannot hold the number {value}")
-    return repr(value)
+    return np.format_float_positional(value, unique=True, trim="0") if plain else repr(value)
 
 
-def _term(coef: float, var: str) -> str:
-    return var if coef == 1.0 else f"(* {_number(coef)} {var})"
+def format_term(coef: float, var: str, *, plain: bool = False) -> str:
+    """``coef * var`` as ``(* coef var)``, or ``var`` alone for a coefficient of 1."""
+    return var if coef == 1.0 else f"(* {format_number(coef, plain=plain)} {var})"
+
+
+def format_box(box: Box, names: Sequence[str], *, plain: bool = False) -> list[str]:
+    """The bounds of ``box`` on the input variables ``names``: ``(>= x lower)`` and ``(<= x upper)`` per element."""
+    return [
+        row
+        for i in range(box.size)
+        for row in (
+            f"(>= {names[i]} {format_number(box.lower[i], plain=plain)})",
+            f"(<= {names[i]} {format_number(box.upper[i], plain=plain)})",
+        )
+    ]
 
 
 def _row(a: np.ndarray, b: float, name: str = "Y") -> str:
@@ -593,9 +610,9 @@ def _row(a: np.ndarray, b: float, name: str = "Y") -> str:
         op, coefs, rhs = ">=", -a, -b  # exact: negation never rounds
     else:
         op, coefs, rhs = "<=", a, b
-    terms = [_term(float(coefs[j]), f"{name}_{j}") for j in nz]
+    terms = [format_term(float(coefs[j]), f"{name}_{j}") for j in nz]
     expr = terms[0] if len(terms) == 1 else f"(+ {' '.join(terms)})"
-    return f"({op} {expr} {_number(rhs)})"
+    return f"({op} {expr} {format_number(rhs)})"
 
 
 def format_vnnlib(prop: Property, comment: str | None = None) -> str:
@@ -609,18 +626,12 @@ def format_vnnlib(prop: Property, comment: str | None = None) -> str:
     out += [f"(declare-const Y_{j} Real)" for j in range(prop.n_outputs)]
     out += ["", "; input region"]
 
-    def bounds(box: Box) -> list[str]:
-        return [
-            line
-            for i in range(box.size)
-            for line in (f"(>= X_{i} {_number(box.lower[i])})", f"(<= X_{i} {_number(box.upper[i])})")
-        ]
-
+    x = [f"X_{i}" for i in range(prop.n_inputs)]
     if len(prop.input_boxes) == 1:
-        out += [f"(assert {line})" for line in bounds(prop.input_boxes[0])]
+        out += [f"(assert {line})" for line in format_box(prop.input_boxes[0], x)]
     else:
         out.append("(assert (or")
-        out += [f"    (and {' '.join(bounds(box))})" for box in prop.input_boxes]
+        out += [f"    (and {' '.join(format_box(box, x))})" for box in prop.input_boxes]
         out.append("))")
     out += ["", "; unsafe set"]
     if len(prop.unsafe) == 1:

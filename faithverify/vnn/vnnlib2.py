@@ -49,6 +49,9 @@ from faithverify.vnn.vnnlib import (
     VnnlibError,
     and_dnf,
     assemble,
+    format_box,
+    format_number,
+    format_term,
     or_dnf,
     read_text,
     rows_of_comparison,
@@ -377,10 +380,7 @@ def read_query(path: str | Path) -> Query:
 
 def _number(value: float) -> str:
     """A float64 as a plain decimal (2.0 has no exponent) that reads back to the same double."""
-    value = float(value)
-    if not np.isfinite(value):
-        raise ValueError(f"VNN-LIB cannot hold the number {value}")
-    return np.format_float_positional(value, unique=True, trim="0")
+    return format_number(value, plain=True)
 
 
 def _element(name: str, shape: tuple[int, ...], flat: int) -> str:
@@ -397,7 +397,7 @@ def _expression(terms: list[tuple[float, str]]) -> str:
         pos = next(v for c, v in terms if c == 1.0)
         neg = next(v for c, v in terms if c == -1.0)
         return f"(- {pos} {neg})"
-    parts = [v if c == 1.0 else f"(* {_number(c)} {v})" for c, v in terms]
+    parts = [format_term(c, v, plain=True) for c, v in terms]
     return parts[0] if len(parts) == 1 else f"(+ {' '.join(parts)})"
 
 
@@ -423,18 +423,15 @@ def format_query(query: Query, comment: str | None = None) -> str:
         ]
         out.append("))")
 
-    def box_rows(box: Box) -> list[str]:
-        return [
-            row
-            for i in range(box.size)
-            for row in (f"(>= {x[i]} {_number(box.lower[i])})", f"(<= {x[i]} {_number(box.upper[i])})")
-        ]
-
     out += ["", "; input region"]
     if len(query.input_boxes) == 1:
-        out += ["(assert (and", *(f"    {r}" for r in box_rows(query.input_boxes[0])), "))"]
+        out += ["(assert (and", *(f"    {r}" for r in format_box(query.input_boxes[0], x, plain=True)), "))"]
     else:
-        out += ["(assert (or", *(f"    (and {' '.join(box_rows(b))})" for b in query.input_boxes), "))"]
+        out += [
+            "(assert (or",
+            *(f"    (and {' '.join(format_box(b, x, plain=True))})" for b in query.input_boxes),
+            "))",
+        ]
 
     y: list[str] = []
     for net in query.networks:
