@@ -241,7 +241,7 @@ def _refine(
     return refine_point(
         bodies[0], bodies[1], item.lower, item.upper, item.teacher, item.student, item.x0,
         delta=None if config.milp_all else config.delta, solver=config.solver, time_budget=config.milp_timeout,
-        solve_limit=config.milp_timeout / 4,
+        solve_limit=config.milp_timeout / 4, starts=item.witness.reshape(1, -1),
     )  # fmt: skip
 
 

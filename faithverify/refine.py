@@ -179,13 +179,19 @@ def refine_point(
     solver: Solver = Solver.AUTO,
     time_budget: float = 60.0,
     solve_limit: float | None = None,
+    starts: np.ndarray | None = None,
 ) -> RefineResult:
     """Refine one point's FaithUB with exact MILP solves (module docstring). Inputs are flat ``[D]`` arrays;
-    the CROWN bounds are ``[1, C, C]``. ``delta=None`` asks for the paper's all-pairs FaithUB."""
+    the CROWN bounds are ``[1, C, C]``. ``delta=None`` asks for the paper's all-pairs FaithUB. ``starts``
+    (``[K, D]``, e.g. the attack's witness) seed each solve's first incumbent, with ``x0`` and the incumbents
+    of the solves before: an early incumbent above a cut-off ends a solve at once."""
     start = time.perf_counter()
     lower = np.asarray(lower, dtype=np.float64).reshape(-1)
     upper = np.asarray(upper, dtype=np.float64).reshape(-1)
-    x0_t = torch.from_numpy(np.asarray(x0, dtype=np.float64).reshape(1, -1))
+    x0_flat = np.asarray(x0, dtype=np.float64).reshape(-1)
+    x0_t = torch.from_numpy(x0_flat[None])
+    if starts is not None:
+        starts = np.asarray(starts, dtype=np.float64).reshape(-1, len(x0_flat))
     sides = []
     for body, crown in ((teacher_body, teacher_crown), (student_body, student_crown)):
         body64 = copy.deepcopy(body).double()
@@ -229,7 +235,10 @@ def refine_point(
         cutoff = None
         if delta is not None and (i, j) not in side.cut:
             cutoff = _cutoff(teacher, student, direction, cls, side, i, j, delta)
-        result = side.milp.max_logit_diff(i, j, time_limit=max(limit, 0.01), cutoff=cutoff)
+        seeds = np.concatenate(
+            [x0_flat[None], *([] if starts is None else [starts]), *(w[None] for w in witnesses)]
+        )
+        result = side.milp.max_logit_diff(i, j, time_limit=max(limit, 0.01), cutoff=cutoff, start=seeds)
         solves += 1
         exact &= result.exact
         side.lower, side.upper = _with_bound(side, i, j, result.bound)
