@@ -18,6 +18,7 @@ Per-point results stream to ``out/paper/<dataset>-<method>.jsonl`` (``--resume``
 from __future__ import annotations
 
 import argparse
+import hashlib
 import platform
 import time
 from dataclasses import dataclass
@@ -81,6 +82,8 @@ def run_student(
     settings = {
         "teacher": teacher.name,
         "student": student.name,
+        "teacher_sha256": hashlib.sha256(teacher.read_bytes()).hexdigest(),
+        "student_sha256": hashlib.sha256(student.read_bytes()).hexdigest(),
         "n": len(x),
         "attack_steps": args.attack_steps,
         "restarts": args.restarts,
