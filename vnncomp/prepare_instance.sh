@@ -13,10 +13,10 @@ here="$(cd "$(dirname "$0")" && pwd)"
 python - "$3" "$4" <<'PY'
 import sys, tempfile
 from pathlib import Path
-from faithverify.vnn.bench import _plain_onnx
+from faithverify.vnn.bench import plain_onnx
 from faithverify.vnn.instance import query_from_instance
 from faithverify.vnn.vnnlib import read_vnnlib
 
 with tempfile.TemporaryDirectory() as scratch:
-    query_from_instance(_plain_onnx(Path(sys.argv[1]), Path(scratch)), read_vnnlib(sys.argv[2]))
+    query_from_instance(plain_onnx(Path(sys.argv[1]), Path(scratch)), read_vnnlib(sys.argv[2]))
 PY

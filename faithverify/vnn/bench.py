@@ -62,7 +62,7 @@ def read_instances(csv_path: str | Path) -> list[Instance]:
     return out
 
 
-def _plain_onnx(path: Path, scratch: Path) -> Path:
+def plain_onnx(path: Path, scratch: Path) -> Path:
     """An ``.onnx.gz`` unpacked into ``scratch`` (the ONNX reader needs a plain file)."""
     if path.suffix != ".gz":
         return path
@@ -80,7 +80,7 @@ def run_instance(
     """One instance; input errors become ``unknown`` with the reason."""
     with tempfile.TemporaryDirectory() as scratch:
         try:
-            query = query_from_instance(_plain_onnx(onnx_path, Path(scratch)), read_vnnlib(vnnlib_path))
+            query = query_from_instance(plain_onnx(onnx_path, Path(scratch)), read_vnnlib(vnnlib_path))
         except FaithverifyError as exc:
             return Answer(Outcome.UNKNOWN, "none", 0.0, reason=str(exc))
         except (ValueError, onnx.checker.ValidationError) as exc:  # a graph onnx itself cannot cut or check
