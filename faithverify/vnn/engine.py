@@ -201,9 +201,12 @@ def _attack(
     return None
 
 
-def _widen(value: np.ndarray) -> np.ndarray:
-    """Push a lower bound on a linear form of logits down by the float32-evaluation margin."""
-    return value - (LOGIT_MARGIN + RELATIVE_MARGIN * np.abs(value))
+def _widen(value: np.ndarray, weight: float = 1.0) -> np.ndarray:
+    """Push a lower bound on ``a · z`` down by the float32-evaluation margin of :mod:`faithverify.bounds.softmax`.
+
+    That margin is stated per logit; a linear form with ``||a||_1 = weight`` adds up to ``weight`` of them (a form
+    ``1000 z_0 - 1000 z_1`` can be off by 1000 times a logit's error however small its value)."""
+    return value - (weight * LOGIT_MARGIN + RELATIVE_MARGIN * np.abs(value))
 
 
 @dataclass
@@ -260,9 +263,8 @@ def _row_lower_bound(
     part = query.slices()[k]
     spec = torch.from_numpy(row[part][None].astype(np.float64))
     lo, hi = (torch.from_numpy(v)[None] for v in box)
-    direct = float(
-        _widen(bounds.bounders[k].linear_lower_bounds(lo, hi, spec, BoundMethod.CROWN)[0].numpy())[0]
-    )
+    lower = bounds.bounders[k].linear_lower_bounds(lo, hi, spec, BoundMethod.CROWN)[0].numpy()
+    direct = float(_widen(lower, float(np.abs(row[part]).sum()))[0])
     return max(direct, interval)
 
 
@@ -398,8 +400,12 @@ def _refine_rows(
             part = query.slices()[net_index]
             # Refuted when max(-a·z) < -b strictly; stop as soon as that is proven or disproven.
             target = math.nextafter(-float(b[k]), -math.inf)
-            result = milps[net_index].maximize(-a[k][part], time_limit=left, cutoff=target)
-            if result.bound <= target:
+            # The MILP's bound is for the network in exact arithmetic; onnxruntime evaluates it in float32,
+            # so the bound must clear the target by the same margin as CROWN's (``_widen``).
+            weight = float(np.abs(a[k][part]).sum())
+            margin = weight * LOGIT_MARGIN + RELATIVE_MARGIN * abs(target)
+            result = milps[net_index].maximize(-a[k][part], time_limit=left, cutoff=target - margin)
+            if -float(_widen(np.array([-result.bound]), weight)[0]) <= target:
                 refuted = True
                 break
             if result.witness is not None and len(b) == 1:
