@@ -5,20 +5,27 @@ FaithUB (eq. 6) is a maximum over classes ``i`` and two directions of terms such
 bounds of ``z_j - z_i`` and the student's upper bounds of ``z_j - z_i`` (j != i), nothing else; its mirror on
 the same bounds with the networks swapped. So instead of all 2·C·(C-1) exact solves (the paper's FaithUB), the
 refinement repeatedly takes the largest term, and among the solves it depends on runs the one with the largest
-*possible* gain: the drop of that term if the bound became the value observed at ``x0`` (no exact bound can be
-tighter than a value the network actually takes). It stops when
+*possible* gain: the drop of that term if the bound became the largest value of ``z_j - z_i`` seen so far in
+the box (at ``x0``, the attack's witnesses and every solver incumbent, all evaluated on both networks): no
+sound bound can be tighter than a value the network actually takes. With every bound that is not final at
+those values, each term has an *optimistic* value, and the largest of them is the *floor*: no sound bounds
+through eq. 5-6 can take FaithUB below it. The refinement stops when
 
 - with a threshold ``delta``: every term is ``<= delta`` (certified), or the largest term has nothing left to
   solve (its bounds are exact or timed out: eq. 5-6 cannot go lower), or the time budget is spent, or the
-  largest term cannot reach ``delta`` even if every bound it depends on became its value at ``x0`` (then no
-  MILP can certify the point, and spending the budget would only delay the answer ``unknown``);
-- without one (the paper's FaithUB): the largest term's bounds are all final (exact or out of time), so no
-  solve can lower FaithUB further.
+  floor is above ``delta`` (then no MILP can certify the point, and spending the budget would only delay the
+  answer ``unknown``);
+- without one (the paper's FaithUB): the largest term is at the floor, or its bounds are all final (exact or
+  out of time), so no solve can lower FaithUB further.
 
-With ``delta``, each solve also gets a cut-off: the largest value of its bound at which the term could still
-reach ``delta`` (all its other bounds at their values at ``x0``). An incumbent above it proves the point cannot
-be certified, so the solver stops there instead of closing its gap. A solve that stopped because its dual
-bound went below the cut-off may run again later without one, when a tighter bound is needed.
+Each solve stops as soon as what it serves is settled, not at optimality:
+
+- at its *sufficient level*: the largest bound with which the term it serves is ``<= delta`` (without
+  ``delta``, ``<=`` the floor, below which the term cannot matter), its other bounds as they are;
+- with ``delta``, at its *cut-off*: the largest bound with which the term could still reach ``delta`` with its
+  other bounds at their optimistic values. An incumbent above it proves the point cannot be certified; a dual
+  bound below it is enough for now (the solve may run again later without the cut-off, when a tighter bound
+  is needed).
 
 Every bound used is a solver's dual bound plus a margin (:mod:`faithverify.bounds.milp.model`), intersected
 with CROWN's. The incumbents' inputs are kept as candidate witnesses for the attack's lower bound.
@@ -29,6 +36,7 @@ from __future__ import annotations
 import copy
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -65,9 +73,10 @@ class _Side:
     solver: Solver
     lower: np.ndarray
     upper: np.ndarray
-    at_x0: np.ndarray  # z_j - z_i at x0: no bound can be tighter than this
+    reached: np.ndarray  # the largest z_j - z_i seen in the box: no sound bound can be tighter than this
     solved: set[tuple[int, int]] = field(default_factory=set)  # (i, j): upper of z_j - z_i is final
     cut: set[tuple[int, int]] = field(default_factory=set)  # (i, j): stopped early below a cut-off once
+    inexact: set[tuple[int, int]] = field(default_factory=set)  # (i, j): final, a dual bound at a time limit
     _milp: NetworkMILP | None = None
 
     @property
@@ -76,6 +85,14 @@ class _Side:
         if self._milp is None:
             self._milp = NetworkMILP(self.body, *self.box, solver=self.solver)
         return self._milp
+
+    def observe(self, xs: np.ndarray) -> None:
+        """Raise ``reached`` with the logit differences at inputs ``xs`` (``[K, D]``, clipped into the box so
+        that every value counted is one the network takes there)."""
+        x = np.clip(xs, *self.box)
+        with torch.no_grad():
+            z = self.body(torch.from_numpy(x)).numpy()
+        self.reached = np.maximum(self.reached, (z[:, None, :] - z[:, :, None]).max(axis=0))
 
     def solver_used(self) -> str | None:
         return None if self._milp is None else self._milp.solver_used()
@@ -92,6 +109,15 @@ def _terms(teacher: _Side, student: _Side) -> np.ndarray:
 
 
 def _candidates(cls: int, direction: int, teacher: _Side, student: _Side) -> list[tuple[_Side, int, int]]:
+    """The bounds of the term ``(direction, cls)`` that are not final yet (:func:`_term_bounds`)."""
+    return [
+        (side, i, j)
+        for side, i, j in _term_bounds(cls, direction, teacher, student)
+        if (i, j) not in side.solved
+    ]
+
+
+def _term_bounds(cls: int, direction: int, teacher: _Side, student: _Side) -> list[tuple[_Side, int, int]]:
     """Solves the term ``(direction, cls)`` depends on, as ``(side, i, j)``: maximise ``z_j - z_i`` on side.
 
     Row 0 (teacher above): teacher's lower bounds of ``z_j - z_cls`` (= -max ``z_cls - z_j``) and the
@@ -105,7 +131,7 @@ def _candidates(cls: int, direction: int, teacher: _Side, student: _Side) -> lis
             continue
         out.append((high, j, cls))  # max z_cls - z_j  -> lower bound of z_j - z_cls on the upper-bounded side
         out.append((low, cls, j))  # max z_j - z_cls  -> upper bound of z_j - z_cls on the lower-bounded side
-    return [(side, i, j) for side, i, j in out if (i, j) not in side.solved]
+    return out
 
 
 def _with_bound(side: _Side, i: int, j: int, value: float) -> tuple[np.ndarray, np.ndarray]:
@@ -122,13 +148,13 @@ def _optimistic_term(
     cls: int,
     fixed: tuple[_Side, int, int, float] | None = None,
 ) -> float:
-    """The term ``(direction, cls)`` if each of its bounds that is not final became its value at ``x0`` (and
-    ``fixed = (side, i, j, v)`` set one bound to ``v`` instead). No exact solve can take a bound past its value at
-    ``x0``, so no MILP can bring the term lower than this."""
+    """The term ``(direction, cls)`` if each of its bounds that is not final became the largest value seen
+    (and ``fixed = (side, i, j, v)`` set one bound to ``v`` instead). No sound bound can be below a value the
+    network takes, so no MILP can bring the term lower than this."""
     saved = {id(s): (s.lower, s.upper) for s in (teacher, student)}
     try:
         for side, i, j in _candidates(cls, direction, teacher, student):
-            value = float(side.at_x0[i, j])
+            value = float(side.reached[i, j])
             if fixed is not None and fixed[0] is side and (fixed[1], fixed[2]) == (i, j):
                 value = fixed[3]
             side.lower, side.upper = _with_bound(side, i, j, value)
@@ -141,23 +167,60 @@ def _optimistic_term(
 def _cutoff(
     teacher: _Side, student: _Side, direction: int, cls: int, side: _Side, i: int, j: int, delta: float
 ) -> float | None:
-    """The largest bound of ``z_j - z_i`` on ``side`` at which the term can still reach ``delta`` (bisection;
-    the term grows with the bound). None when even the current bound would do."""
-    lo, hi = float(side.at_x0[i, j]), float(side.upper[i, j])
-    if _optimistic_term(teacher, student, direction, cls, (side, i, j, hi)) <= delta:
+    """The largest bound of ``z_j - z_i`` on ``side`` at which the term can still reach ``delta`` (its other
+    bounds at their optimistic values). None when even the current bound would do."""
+    return _level(
+        lambda v: _optimistic_term(teacher, student, direction, cls, (side, i, j, v)), side, i, j, delta
+    )
+
+
+def _sufficient_level(
+    teacher: _Side, student: _Side, direction: int, cls: int, side: _Side, i: int, j: int, target: float
+) -> float | None:
+    """The largest bound of ``z_j - z_i`` on ``side`` that takes the term to ``target`` with its other bounds
+    as they are now: a solve can stop there, the term needs nothing tighter from it. None when no bound can
+    (the term needs other bounds tightened too) or when the current bound already does."""
+    if _term_with(teacher, student, direction, cls, side, i, j, float(side.reached[i, j])) > target:
+        return None
+    return _level(lambda v: _term_with(teacher, student, direction, cls, side, i, j, v), side, i, j, target)
+
+
+def _term_with(
+    teacher: _Side, student: _Side, direction: int, cls: int, side: _Side, i: int, j: int, value: float
+) -> float:
+    """The term ``(direction, cls)`` with the bound of ``z_j - z_i`` on ``side`` set to ``value``."""
+    saved = side.lower, side.upper
+    side.lower, side.upper = _with_bound(side, i, j, value)
+    try:
+        return float(_terms(teacher, student)[direction, cls])
+    finally:
+        side.lower, side.upper = saved
+
+
+def _level(term: Callable[[float], float], side: _Side, i: int, j: int, target: float) -> float | None:
+    """The largest ``v`` in ``[largest value seen, current bound]`` with ``term(v) <= target`` (bisection; the term
+    grows with the bound). None when the current bound already gives that."""
+    lo, hi = float(side.reached[i, j]), float(side.upper[i, j])
+    if term(hi) <= target:
         return None
     for _ in range(40):
         mid = 0.5 * (lo + hi)
-        if _optimistic_term(teacher, student, direction, cls, (side, i, j, mid)) <= delta:
+        if term(mid) <= target:
             lo = mid
         else:
             hi = mid
     return lo
 
 
+def _floor(teacher: _Side, student: _Side) -> float:
+    """No sound bounds can take FaithUB below this: the largest of the optimistic terms."""
+    c = teacher.lower.shape[0]
+    return max(_optimistic_term(teacher, student, d, k) for d in (0, 1) for k in range(c))
+
+
 def _gain(teacher: _Side, student: _Side, side: _Side, i: int, j: int, current: float) -> float:
-    """How much FaithUB would drop if the bound of ``z_j - z_i`` on ``side`` became its value at x0."""
-    lower, upper = _with_bound(side, i, j, float(side.at_x0[i, j]))
+    """How much FaithUB would drop if the bound of ``z_j - z_i`` on ``side`` became the largest value seen."""
+    lower, upper = _with_bound(side, i, j, float(side.reached[i, j]))
     saved = side.lower, side.upper
     side.lower, side.upper = lower, upper
     try:
@@ -189,38 +252,45 @@ def refine_point(
     lower = np.asarray(lower, dtype=np.float64).reshape(-1)
     upper = np.asarray(upper, dtype=np.float64).reshape(-1)
     x0_flat = np.asarray(x0, dtype=np.float64).reshape(-1)
-    x0_t = torch.from_numpy(x0_flat[None])
+    seen = x0_flat[None]
     if starts is not None:
         starts = np.asarray(starts, dtype=np.float64).reshape(-1, len(x0_flat))
+        seen = np.concatenate([seen, starts])
     sides = []
     for body, crown in ((teacher_body, teacher_crown), (student_body, student_crown)):
-        body64 = copy.deepcopy(body).double()
-        with torch.no_grad():
-            z = body64(x0_t)[0].numpy()
-        at_x0 = z[None, :] - z[:, None]
-        sides.append(
-            _Side(body64, (lower, upper), solver, crown.lower[0].copy(), crown.upper[0].copy(), at_x0)
+        c = crown.lower.shape[-1]
+        side = _Side(
+            copy.deepcopy(body).double(),
+            (lower, upper),
+            solver,
+            crown.lower[0].copy(),
+            crown.upper[0].copy(),
+            np.full((c, c), -math.inf),
         )
+        side.observe(seen)
+        sides.append(side)
     teacher, student = sides
-    solves, exact = 0, True
+    solves = 0
     witnesses: list[np.ndarray] = []
     while True:
         terms = _terms(teacher, student)
         worst = float(terms.max())
         if delta is not None and worst <= delta:
             break
-        elapsed = time.perf_counter() - start
-        if elapsed >= time_budget:
-            return _result(teacher, student, solves, exact, True, start, witnesses)
+        floor = _floor(teacher, student)
+        if worst <= floor + _NEGLIGIBLE:  # no sound bound can lower FaithUB any further
+            break
+        if time.perf_counter() - start >= time_budget:
+            return _result(teacher, student, solves, True, start, witnesses)
+        if delta is not None and floor > delta:
+            return _result(teacher, student, solves, False, start, witnesses, out_of_reach=True)
         # Only the largest term can lower FaithUB: its solves, the largest possible gain first. One solve alone
         # often cannot move a saturated term (any other loose bound keeps it at 1), so ties go to the loosest
         # bound; the term's solves run out only when all of its bounds are final.
         direction, cls = (int(k) for k in np.unravel_index(int(terms.argmax()), terms.shape))
-        if delta is not None and _optimistic_term(teacher, student, direction, cls) > delta:
-            return _result(teacher, student, solves, exact, False, start, witnesses, out_of_reach=True)
         best: tuple[tuple[float, float], _Side, int, int] | None = None
         for side, i, j in _candidates(cls, direction, teacher, student):
-            looseness = float(side.upper[i, j] - side.at_x0[i, j])
+            looseness = float(side.upper[i, j] - side.reached[i, j])
             if looseness <= _NEGLIGIBLE:  # already at a value the network takes: exact without a solve
                 side.solved.add((i, j))
                 continue
@@ -235,33 +305,53 @@ def refine_point(
         cutoff = None
         if delta is not None and (i, j) not in side.cut:
             cutoff = _cutoff(teacher, student, direction, cls, side, i, j, delta)
+        # Enough for this term: delta, or (the paper's FaithUB) the floor, below which the term cannot matter.
+        enough = _sufficient_level(
+            teacher, student, direction, cls, side, i, j, floor if delta is None else delta
+        )
         seeds = np.concatenate(
             [x0_flat[None], *([] if starts is None else [starts]), *(w[None] for w in witnesses)]
         )
-        result = side.milp.max_logit_diff(i, j, time_limit=max(limit, 0.01), cutoff=cutoff, start=seeds)
+        result = side.milp.max_logit_diff(
+            i, j, time_limit=max(limit, 0.01), cutoff=cutoff, stop_below=enough, start=seeds
+        )
         solves += 1
-        exact &= result.exact
         side.lower, side.upper = _with_bound(side, i, j, result.bound)
         if result.status == Status.BOUND_BELOW_CUTOFF:
-            side.cut.add((i, j))  # enough for now; a later, tighter need re-solves it without a cut-off
+            # At the term's level the term is done with. At the optimistic cut-off only, it is enough for now;
+            # a later, tighter need re-solves it without that cut-off.
+            if enough is None or result.bound > enough:
+                side.cut.add((i, j))
         else:
             side.solved.add((i, j))
+            if not result.exact:
+                side.inexact.add((i, j))
         if result.witness is not None:
             witnesses.append(result.witness)
-    return _result(teacher, student, solves, exact, False, start, witnesses)
+            for s in sides:
+                s.observe(result.witness[None])
+    return _result(teacher, student, solves, False, start, witnesses)
 
 
 def _result(
     teacher: _Side,
     student: _Side,
     solves: int,
-    exact: bool,
     timed_out: bool,
     start: float,
     witnesses: list[np.ndarray],
     out_of_reach: bool = False,
 ) -> RefineResult:
-    value = float(_terms(teacher, student).max())
+    terms = _terms(teacher, student)
+    value = float(terms.max())
+    # Exact: exact solves of every pair would give the same FaithUB. So it is at the floor, or when every bound
+    # of the largest term is final and none of them is a dual bound left by a time limit.
+    direction, cls = (int(k) for k in np.unravel_index(int(terms.argmax()), terms.shape))
+    settled = all(
+        (i, j) in side.solved and (i, j) not in side.inexact
+        for side, i, j in _term_bounds(cls, direction, teacher, student)
+    )
+    exact = value <= _floor(teacher, student) + _NEGLIGIBLE or (settled and not timed_out)
     return RefineResult(
         faith_ub=value if math.isfinite(value) else 1.0,
         solves=solves,

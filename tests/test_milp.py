@@ -378,6 +378,25 @@ def test_cutoff_stops_early_and_stays_sound(solver: Solver) -> None:
     assert below.seconds < 5
 
 
+@pytest.mark.parametrize("solver", SOLVERS)
+def test_stop_below_stops_on_the_bound_and_no_stop_carries_over(solver: Solver) -> None:
+    body = random_mlp(5, [20, 12, 12, 3]).double()
+    x0 = np.random.default_rng(0).random(20)
+    milp = NetworkMILP(body, x0 - 0.3, x0 + 0.3, solver=solver)
+    assert milp.num_binaries > 10
+    exact = milp.max_logit_diff(0, 1)
+    assert exact.status == Status.OPTIMAL
+    # A level above the maximum: the solve stops once its bound is there, before it is exact.
+    stopped = milp.max_logit_diff(0, 1, stop_below=exact.bound + 0.3)
+    assert stopped.status == Status.BOUND_BELOW_CUTOFF and exact.bound <= stopped.bound <= exact.bound + 0.3
+    # Each stop is this solve's own: HiGHS keeps a callback's interrupt flag between runs, and a flag left
+    # set would end the next solve at once. A level below the maximum is never reached: solved exactly.
+    for _ in range(2):
+        again = milp.max_logit_diff(0, 1, stop_below=exact.bound - 0.1)
+        assert again.status == Status.OPTIMAL and again.bound == pytest.approx(exact.bound, abs=1e-5)
+        milp.max_logit_diff(0, 1, cutoff=exact.bound + 1.0)  # stops on its bound: sets the flag
+
+
 def test_over_the_gurobi_size_limit_falls_back_to_highs(caplog: pytest.LogCaptureFixture) -> None:
     torch.manual_seed(0)
     body = nn.Sequential(nn.Linear(2500, 3), nn.ReLU(), nn.Linear(3, 2)).double()

@@ -23,11 +23,13 @@ the trivial interval bound of the objective over the variables' bounds. Why that
 - The MIP gap tolerances only decide when a solve stops; the dual bound is reported, not the incumbent, so
   they need no margin.
 
-Cut-off: ``max_logit_diff(i, j, cutoff=c)`` stops as soon as the dual bound plus its margin is ``<= c`` (then
+Early stops: ``max_logit_diff(i, j, cutoff=c)`` stops as soon as the dual bound plus its margin is ``<= c`` (then
 ``bound <= c``: the caller's question is answered) or an incumbent exceeds ``c + margin`` (a witness that the
 maximum is above ``c``; ``bound`` is still the dual bound at that moment, sound but not tight). The solver's
 incumbent value is only feasible up to its tolerances (integrality 1e-6 times a big-M constant): the
 ``witness_value`` of the result, recomputed by a forward pass at the witness input, is the one to trust.
+``stop_below=s`` only stops on the bound (once ``bound <= s``: the caller needs no tighter one); with both,
+the bound stop is at the larger of the two levels. Either way the status is ``bound_below_cutoff``.
 """
 
 from __future__ import annotations
@@ -198,17 +200,21 @@ class NetworkMILP:
         *,
         time_limit: float | None = None,
         cutoff: float | None = None,
+        stop_below: float | None = None,
         start: np.ndarray | None = None,
     ) -> SolveResult:
         """Sound upper bound on ``max_{x in box} z_j(x) - z_i(x)``; with ``cutoff`` it may stop early once the
-        answer to "is the maximum <= cutoff?" is known (module docstring). ``start``: inputs ``[K, D]`` (e.g.
-        PGD witnesses) to seed the search for a first incumbent."""
+        answer to "is the maximum <= cutoff?" is known, with ``stop_below`` as soon as the bound is at most
+        that (module docstring). ``start``: inputs ``[K, D]`` (e.g. PGD witnesses) to seed the search for a
+        first incumbent."""
         c = self.num_classes
         if not (0 <= i < c and 0 <= j < c) or i == j:
             raise ValueError(f"need two different classes in [0, {c}), got i={i}, j={j}")
         weights = np.zeros(c)
         weights[j], weights[i] = 1.0, -1.0
-        return self.maximize(weights, time_limit=time_limit, cutoff=cutoff, start=start)
+        return self.maximize(
+            weights, time_limit=time_limit, cutoff=cutoff, stop_below=stop_below, start=start
+        )
 
     def maximize(
         self,
@@ -216,6 +222,7 @@ class NetworkMILP:
         *,
         time_limit: float | None = None,
         cutoff: float | None = None,
+        stop_below: float | None = None,
         start: np.ndarray | None = None,
     ) -> SolveResult:
         """Sound upper bound on ``max_{x in box} weights · z(x)`` (any linear form of the logits)."""
@@ -223,9 +230,12 @@ class NetworkMILP:
         cost, offset = self.model.objective(weights)
         limit = time_limit if time_limit is not None else self.time_limit
         stop = None
-        if cutoff is not None:
-            cut = float(cutoff)
-            stop = StopRule(_stop_level(cut, self._range), cut + soundness_margin(cut, self._range))
+        if cutoff is not None or stop_below is not None:
+            levels = [float(v) for v in (cutoff, stop_below) if v is not None]
+            above = (
+                math.inf if cutoff is None else float(cutoff) + soundness_margin(float(cutoff), self._range)
+            )
+            stop = StopRule(_stop_level(max(levels), self._range), above)
         x0 = self._first_guess(weights, start)
         raw = self._solve(cost, offset, limit, stop, self.model.complete(self.network, x0))
         return self._result(raw, cost, offset, weights)
