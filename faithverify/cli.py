@@ -7,8 +7,10 @@ import json
 import logging
 import math
 import os
+import statistics
 import tempfile
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
@@ -25,6 +27,9 @@ from faithverify.cli_support import (
     summary_options,
     timeout_option,
 )
+
+if TYPE_CHECKING:
+    from faithverify.results import PointResult
 
 
 def _check_delta(value: float | None) -> float | None:
@@ -277,16 +282,33 @@ def certify(
             f"{pair.teacher.max_abs_diff:.1e}); student {student} ({pair.student.max_abs_diff:.1e})"
         )
         click.echo(format_table(rows))
-        refined = [p for p in points if p.milp is not None]
-        if refined:
-            solvers = sorted({str(p.milp["solver"]) for p in refined if p.milp})
-            exact = sum(1 for p in refined if p.milp and p.milp["exact"] and not p.milp["timed_out"])
-            click.echo(
-                f"MILP stage: {len(refined)} points refined with {', '.join(solvers)}; {exact} exact, "
-                f"{len(refined) - exact} with dual bounds at the --timeout of {milp_timeout:g} s (sound, not tight)"
-            )
+        summary = _milp_summary(points, milp_timeout, all_pairs=method == "milp")
+        if summary:
+            click.echo(summary)
         if out is not None:
             click.echo(f"per-point results: {out}")
+
+
+def _milp_summary(points: list[PointResult], timeout: float, *, all_pairs: bool) -> str:
+    """One line on the MILP stage: how many points it refined, with which solver, how long, and how each
+    refinement ended."""
+    refined = [p for p in points if p.milp is not None]
+    if not refined:
+        return ""
+    solvers = sorted({str(p.milp["solver"]) for p in refined if p.milp} - {"none"}) or ["no solve needed"]
+    median = statistics.median(p.seconds.get("milp", 0.0) for p in refined)
+    head = f"MILP stage: {len(refined)} points refined with {', '.join(solvers)}, median {median:.1f} s"
+    spent = sum(1 for p in refined if p.milp and p.milp["timed_out"])
+    out_of_time = f"{spent} ran out of the --timeout of {timeout:g} s (dual bounds: sound, not tight)"
+    if all_pairs:
+        exact = sum(1 for p in refined if p.milp and p.milp["exact"] and not p.milp["timed_out"])
+        return f"{head}; {exact} exact, {len(refined) - exact - spent} not exact, {out_of_time}"
+    decided = sum(1 for p in refined if p.decided_by == "milp")
+    given_up = sum(1 for p in refined if p.milp and p.milp["out_of_reach"])
+    return (
+        f"{head}; {decided} decided, {given_up} given up as unknown (no sound bound could reach delta), "
+        f"{out_of_time}"
+    )
 
 
 @main.command()

@@ -56,7 +56,7 @@ class RefineResult:
 
     faith_ub: float
     solves: int
-    exact: bool  # every solve that was run finished at optimality
+    exact: bool  # FaithUB is what exact solves of every pair would give (not cut short by a time limit)
     timed_out: bool  # the time budget ran out before the stopping rule was met
     seconds: float
     solver: str
