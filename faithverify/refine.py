@@ -189,10 +189,15 @@ def _term_with(
     teacher: _Side, student: _Side, direction: int, cls: int, side: _Side, i: int, j: int, value: float
 ) -> float:
     """The term ``(direction, cls)`` with the bound of ``z_j - z_i`` on ``side`` set to ``value``."""
+    return float(_terms_with(teacher, student, side, i, j, value)[direction, cls])
+
+
+def _terms_with(teacher: _Side, student: _Side, side: _Side, i: int, j: int, value: float) -> np.ndarray:
+    """All terms (:func:`_terms`) with the bound of ``z_j - z_i`` on ``side`` set to ``value``."""
     saved = side.lower, side.upper
     side.lower, side.upper = _with_bound(side, i, j, value)
     try:
-        return float(_terms(teacher, student)[direction, cls])
+        return _terms(teacher, student)
     finally:
         side.lower, side.upper = saved
 
@@ -220,13 +225,7 @@ def _floor(teacher: _Side, student: _Side) -> float:
 
 def _gain(teacher: _Side, student: _Side, side: _Side, i: int, j: int, current: float) -> float:
     """How much FaithUB would drop if the bound of ``z_j - z_i`` on ``side`` became the largest value seen."""
-    lower, upper = _with_bound(side, i, j, float(side.reached[i, j]))
-    saved = side.lower, side.upper
-    side.lower, side.upper = lower, upper
-    try:
-        return current - float(_terms(teacher, student).max())
-    finally:
-        side.lower, side.upper = saved
+    return current - float(_terms_with(teacher, student, side, i, j, float(side.reached[i, j])).max())
 
 
 def refine_point(
