@@ -28,8 +28,8 @@ from faithverify.attack import PGDConfig
 from faithverify.bounds.lirpa import BoundMethod
 from faithverify.bounds.milp import Solver
 from faithverify.certify import CertifyConfig, certify
-from faithverify.data import load_dataset
-from faithverify.pair import load_pair
+from faithverify.data import Dataset, load_dataset
+from faithverify.pair import Pair, load_pair
 from faithverify.results import PointResult
 
 REPO = Path(__file__).resolve().parents[1]
@@ -140,7 +140,7 @@ def main() -> None:
     args.out.write_text(report)
 
 
-def refinement_times(pair, sample, args: argparse.Namespace, name: str) -> str:  # type: ignore[no-untyped-def]
+def refinement_times(pair: Pair, sample: Dataset, args: argparse.Namespace, name: str) -> str:
     """Part 3: every point the MILP stage refines (attack and CROWN left it undecided) over the first
     ``--refine-points`` points and each of ``--refine-deltas``: how long deciding it took."""
     x, y = sample.x[: args.refine_points], sample.y[: args.refine_points]
