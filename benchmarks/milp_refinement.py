@@ -25,9 +25,10 @@ import numpy as np
 import torch
 
 from faithverify.attack import PGDConfig
-from faithverify.bounds.lirpa import BoundMethod
+from faithverify.bounds.bounder import BoundMethod
 from faithverify.bounds.milp import Solver
-from faithverify.certify import CertifyConfig, certify
+from faithverify.bounds.portfolio import Refiner
+from faithverify.certify import CertifyConfig, RefineMode, certify
 from faithverify.data import Dataset, load_dataset
 from faithverify.pair import Pair, load_pair
 from faithverify.results import PointResult
@@ -79,7 +80,16 @@ def main() -> None:
     all_pairs_time: dict[tuple[float, str], float] = {}
     for eps in args.eps:
         for name in args.solvers:
-            points, total = run(pair, x, y, eps, Solver(name), args.timeout, milp_all=True)
+            points, total = run(
+                pair,
+                x,
+                y,
+                eps,
+                Solver(name),
+                args.timeout,
+                refine_mode=RefineMode.ALL,
+                refiners=(Refiner.MILP,),
+            )
             all_pairs_time[(eps, name)] = total
             milp_s = np.array([p.seconds.get("milp", 0.0) for p in points])
             timed = [p for p in points if p.milp and p.milp["timed_out"]]

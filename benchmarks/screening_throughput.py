@@ -26,7 +26,7 @@ import torch
 from torch import nn
 
 from faithverify.attack import input_box
-from faithverify.bounds.lirpa import BoundMethod, NetworkBounder, ordered_pairs
+from faithverify.bounds.bounder import BoundMethod, NetworkBounder, ordered_pairs
 from faithverify.bounds.lirpa_compat import import_auto_lirpa
 from faithverify.bounds.softmax import LogitDiffBounds, faithfulness_from_logit_bounds
 from faithverify.data import load_dataset

@@ -21,8 +21,8 @@ REPO = Path(__file__).resolve().parents[1]
 MEASURE = """
 import json, time, torch
 from faithverify.attack import PGDConfig, faithfulness_attack, input_box
-from faithverify.bounds.lirpa import BoundMethod
-from faithverify.certify import PairBounder
+from faithverify.bounds.bounder import BoundMethod
+from faithverify.bounds.bounder import PairBounder
 from faithverify.data import load_dataset
 from faithverify.pair import load_pair
 torch.set_num_threads({threads})

@@ -15,6 +15,7 @@ import multiprocessing
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
+from enum import StrEnum
 from typing import Any
 
 import numpy as np
@@ -22,8 +23,9 @@ import torch
 from torch import nn
 
 from faithverify.attack import PGDConfig, faithfulness_attack, input_box, robustness_attacks
-from faithverify.bounds.lirpa import BoundMethod, NetworkBounder, resolve_device
+from faithverify.bounds.bounder import BoundMethod, PairBounder, resolve_device
 from faithverify.bounds.milp import Solver
+from faithverify.bounds.portfolio import Refiner
 from faithverify.bounds.softmax import LogitDiffBounds, faithfulness_from_logit_bounds
 from faithverify.pair import Pair
 from faithverify.refine import RefineResult, refine_point
@@ -40,6 +42,14 @@ class SoundnessViolation(RuntimeError):
     """An attack found a larger gap than a 'sound' upper bound: a bug, never a result."""
 
 
+class RefineMode(StrEnum):
+    """Which points the refinement stage (branch and bound, MILP) sees."""
+
+    NONE = "none"  # screening only
+    UNDECIDED = "undecided"  # with a delta: the points screening leaves undecided
+    ALL = "all"  # every point: FaithUB as tight as the time allows (the paper's FaithUB with the MILP)
+
+
 @dataclass(frozen=True)
 class CertifyConfig:
     eps: Sequence[float]
@@ -52,39 +62,22 @@ class CertifyConfig:
     alpha_iterations: int = 20
     domain: tuple[float, float] = (0.0, 1.0)
     delta: float | None = None  # threshold for a verdict per point
-    refine: bool = True  # with delta: MILP on the points screening leaves undecided
-    milp_all: bool = False  # the paper's FaithUB: MILP on every point, all pairs that can matter
-    solver: Solver = Solver.AUTO
-    milp_timeout: float = 60.0  # seconds of MILP per point
-    jobs: int = 1  # processes for the MILP stage
+    refine_mode: RefineMode = RefineMode.UNDECIDED
+    refiners: tuple[Refiner, ...] = (Refiner.BAB, Refiner.MILP)  # the exact methods of the refinement stage
+    solver: Solver = Solver.AUTO  # the MILP's solver
+    milp_timeout: float = 60.0  # seconds of refinement per point
+    jobs: int = 1  # processes for the refinement stage
 
+    @property
+    def refine_key(self) -> str:
+        """The name of the refinement stage's bound in a record (``bab``, ``milp`` or ``bab+milp``)."""
+        return "+".join(r.value for r in self.refiners)
 
-class PairBounder:
-    """Logit-difference bounds for both networks of a pair, by any of the methods, and float32 copies of the
-    networks for the attacks."""
-
-    def __init__(self, pair: Pair, device: torch.device, alpha_iterations: int = 20) -> None:
-        dim = int(np.prod(pair.input_shape))
-        self.teacher = copy.deepcopy(pair.teacher.module).to(device=device, dtype=torch.float32).eval()
-        self.student = copy.deepcopy(pair.student.module).to(device=device, dtype=torch.float32).eval()
-        self.bodies = (pair.teacher.module.flat_body(), pair.student.module.flat_body())
-        self.bounders = [
-            NetworkBounder(body, dim, pair.num_classes, device=device, alpha_iterations=alpha_iterations)
-            for body in self.bodies
-        ]
-
-    def logit_bounds(
-        self, lower: np.ndarray, upper: np.ndarray, method: BoundMethod
-    ) -> tuple[LogitDiffBounds, LogitDiffBounds]:
-        """Teacher's and student's logit-difference bounds for boxes in the model's input shape."""
-        lo = torch.from_numpy(lower.reshape(len(lower), -1))
-        hi = torch.from_numpy(upper.reshape(len(upper), -1))
-        t, s = (b.logit_diff_bounds(lo, hi, method, batch_size=len(lo)) for b in self.bounders)
-        return t, s
-
-    def faith_ub(self, lower: np.ndarray, upper: np.ndarray, method: BoundMethod) -> np.ndarray:
-        """FaithUB per point for boxes given in the model's input shape (float64)."""
-        return faithfulness_from_logit_bounds(*self.logit_bounds(lower, upper, method)).value
+    def refines(self, verdict: Verdict | None) -> bool:
+        """Whether a point with this screening verdict goes to the refinement stage."""
+        if self.refine_mode is RefineMode.ALL:
+            return True
+        return self.refine_mode is RefineMode.UNDECIDED and verdict is Verdict.UNKNOWN
 
 
 @dataclass
@@ -196,8 +189,7 @@ def certify_batch(
             seconds={stage: t / n for stage, t in seconds.items()},
         )
         verdict = decide(emp_lb, faith_ub, config.delta) if config.delta is not None else None
-        wants_milp = config.milp_all or (config.refine and verdict is Verdict.UNKNOWN)
-        if wants_milp and tightest is not None:
+        if config.refines(verdict) and tightest is not None:
             pending.append(
                 PendingRefinement(
                     record, lower[k].reshape(-1), upper[k].reshape(-1), x0[k].reshape(-1),
@@ -240,7 +232,8 @@ def _refine(
 ) -> RefineResult:
     return refine_point(
         bodies[0], bodies[1], item.lower, item.upper, item.teacher, item.student, item.x0,
-        delta=None if config.milp_all else config.delta, solver=config.solver, time_budget=config.milp_timeout,
+        delta=None if config.refine_mode is RefineMode.ALL else config.delta, solver=config.solver,
+        refiners=config.refiners, time_budget=config.milp_timeout,
         solve_limit=config.milp_timeout / 4, starts=item.witness.reshape(1, -1),
     )  # fmt: skip
 
@@ -248,12 +241,13 @@ def _refine(
 def finish_refinement(
     pair: Pair, item: PendingRefinement, result: RefineResult, config: CertifyConfig
 ) -> PointResult:
-    """Fold the MILP's result into the point's record: its bound, its witnesses (re-checked by onnxruntime),
-    the verdict."""
+    """Fold the refinement's result into the point's record: its bound, its witnesses (re-checked by
+    onnxruntime), the verdict."""
+    key = config.refine_key
     record = replace(item.record, bounds=dict(item.record.bounds), seconds=dict(item.record.seconds))
-    record.bounds["milp"] = result.faith_ub
+    record.bounds[key] = result.faith_ub
     if result.faith_ub < record.faith_ub:
-        record.faith_ub, record.faith_ub_method = result.faith_ub, "milp"
+        record.faith_ub, record.faith_ub_method = result.faith_ub, key
     witness = item.witness
     if result.witnesses:
         candidates = np.stack(result.witnesses).reshape(len(result.witnesses), *pair.input_shape)
@@ -269,14 +263,15 @@ def finish_refinement(
     record.milp = {
         "faith_ub": result.faith_ub, "solves": result.solves, "exact": result.exact,
         "timed_out": result.timed_out, "out_of_reach": result.out_of_reach, "solver": result.solver,
+        "refiners": key,
     }  # fmt: skip
-    record.seconds["milp"] = result.seconds
+    record.seconds[key] = result.seconds
     if config.delta is not None:
         verdict = decide(record.emp_lb, record.faith_ub, config.delta)
         record.verdict = verdict.value
         decided_by = _decider(verdict, record.faith_ub_method)
         if verdict is Verdict.VIOLATED and witness is not item.witness:
-            decided_by = "milp"  # the MILP's incumbent was the witness
+            decided_by = key  # an incumbent of the refinement was the witness
         record.decided_by = decided_by
         if verdict is Verdict.VIOLATED:
             record.witness = np.asarray(witness, dtype=np.float32).reshape(-1).tolist()
@@ -334,7 +329,10 @@ def certify(
     total = sum(len(t) for _, t in todo)
     out: list[PointResult] = []
     pool = None
-    if config.jobs > 1 and (config.milp_all or (config.delta is not None and config.refine)):
+    if config.jobs > 1 and (
+        config.refine_mode is RefineMode.ALL
+        or (config.delta is not None and config.refine_mode is RefineMode.UNDECIDED)
+    ):
         # spawn, not fork: a forked child would inherit torch's OpenMP state mid-flight.
         bodies = tuple(copy.deepcopy(b).double() for b in bounder.bodies)
         pool = multiprocessing.get_context("spawn").Pool(
@@ -359,7 +357,7 @@ def certify(
                     )  # fmt: skip
                     emit(finished)
                     if pending:
-                        bar.set_postfix(eps=eps, stage="milp")
+                        bar.set_postfix(eps=eps, stage=config.refine_key)
                         for record in _run_refinements(pair, bounder.bodies, pending, config, pool):
                             emit([record])
                         bar.set_postfix(eps=eps)

@@ -70,11 +70,13 @@ def main() -> None:
 @click.option(
     "--bounds",
     "methods",
-    type=click.Choice(["ibp", "crown", "alpha-crown"]),
+    type=click.Choice(["ibp", "crown", "alpha-crown", "bab", "milp"]),
     multiple=True,
     default=("ibp", "crown"),
     show_default=True,
-    help="Upper-bound methods (repeat for several). FaithUB is the smallest of them; each is reported.",
+    help="Upper-bound methods (repeat for several). FaithUB is the smallest of them; each is reported. "
+    "ibp, crown and alpha-crown screen every point; bab (branch and bound) and milp are exact methods that "
+    "refine each point within --timeout (with --delta: only the points screening leaves undecided).",
 )
 @click.option(
     "--delta",
@@ -96,11 +98,13 @@ def main() -> None:
     "--refine/--no-refine",
     default=True,
     show_default=True,
-    help="With --delta: refine undecided points with the MILP.",
+    help="With --delta: refine undecided points with the exact methods (those named in --bounds, else branch "
+    "and bound then the MILP).",
 )
 @solver_option()
 @timeout_option(
-    "Seconds of MILP per point; a stopped solve contributes its dual bound, never its incumbent.",
+    "Seconds of refinement (branch and bound, MILP) per point; a stopped search contributes its sound bound, "
+    "never its incumbent.",
     dest="milp_timeout",
     at_least=0.1,
 )
@@ -193,14 +197,16 @@ def certify(
     Examples:
       faithverify certify models/mnist/teacher.onnx models/mnist/student-fd.onnx --eps 0.05
       faithverify certify T.onnx S.onnx --data mnist --n 1000 --eps 0.05 --out r.jsonl --resume
-      faithverify certify T.onnx S.onnx --eps 0.05 --delta 0.2          # verdicts; MILP only where needed
+      faithverify certify T.onnx S.onnx --eps 0.05 --delta 0.2          # verdicts; refinement only where needed
+      faithverify certify T.onnx S.onnx --eps 0.1 --bounds crown --bounds bab --timeout 10   # anytime, sound
       faithverify certify T.onnx S.onnx --eps 0.1 --method milp --solver highs --timeout 30 --jobs 2
     """
 
     from faithverify.attack import PGDConfig
-    from faithverify.bounds.lirpa import BoundMethod
+    from faithverify.bounds.bounder import BoundMethod
     from faithverify.bounds.milp import Solver
-    from faithverify.certify import CertifyConfig
+    from faithverify.bounds.portfolio import Refiner
+    from faithverify.certify import CertifyConfig, RefineMode
     from faithverify.certify import certify as run_certify
     from faithverify.data import sample_beside, select_points
     from faithverify.pair import load_pair
@@ -221,9 +227,18 @@ def certify(
     )
     x, labels, indices = selected.x, selected.labels, selected.indices
 
+    screening = [BoundMethod(m) for m in dict.fromkeys(methods) if m in BoundMethod.__members__.values()]
+    exact = [Refiner(m) for m in dict.fromkeys(methods) if m in Refiner.__members__.values()]
+    if method == "milp" and Refiner.MILP not in exact:
+        exact.append(Refiner.MILP)
+    mode = RefineMode.UNDECIDED if delta is not None or not exact else RefineMode.ALL
+    if method == "milp":
+        mode = RefineMode.ALL
+    if not refine and not (exact or method == "milp"):
+        mode = RefineMode.NONE
     config = CertifyConfig(
         eps=list(eps_list),
-        methods=[BoundMethod(m) for m in dict.fromkeys(methods)],
+        methods=screening or [BoundMethod.CROWN],
         pgd=PGDConfig(steps=attack_steps, restarts=restarts, seed=seed),
         robustness=robustness,
         batch_size=batch_size,
@@ -231,8 +246,8 @@ def certify(
         alpha_iterations=alpha_iterations,
         domain=domain,
         delta=delta,
-        refine=refine,
-        milp_all=method == "milp",
+        refine_mode=mode,
+        refiners=tuple(exact) or (Refiner.BAB, Refiner.MILP),
         solver=Solver(solver),
         milp_timeout=milp_timeout,
         jobs=jobs,
@@ -282,7 +297,7 @@ def certify(
             f"{pair.teacher.max_abs_diff:.1e}); student {student} ({pair.student.max_abs_diff:.1e})"
         )
         click.echo(format_table(rows))
-        summary = _milp_summary(points, milp_timeout, all_pairs=method == "milp")
+        summary = _milp_summary(points, milp_timeout, all_pairs=mode is RefineMode.ALL)
         if summary:
             click.echo(summary)
         if out is not None:
@@ -290,20 +305,21 @@ def certify(
 
 
 def _milp_summary(points: list[PointResult], timeout: float, *, all_pairs: bool) -> str:
-    """One line on the MILP stage: how many points it refined, with which solver, how long, and how each
-    refinement ended."""
+    """One line on the refinement stage: how many points it refined, with which methods, how long, and how
+    each refinement ended."""
     refined = [p for p in points if p.milp is not None]
     if not refined:
         return ""
+    keys = {str(p.milp.get("refiners", "milp")) for p in refined if p.milp}
     solvers = sorted({str(p.milp["solver"]) for p in refined if p.milp} - {"none"}) or ["no solve needed"]
-    median = statistics.median(p.seconds.get("milp", 0.0) for p in refined)
-    head = f"MILP stage: {len(refined)} points refined with {', '.join(solvers)}, median {median:.1f} s"
+    median = statistics.median(sum(p.seconds.get(k, 0.0) for k in keys) for p in refined)
+    head = f"Refinement: {len(refined)} points refined with {', '.join(solvers)}, median {median:.1f} s"
     spent = sum(1 for p in refined if p.milp and p.milp["timed_out"])
-    out_of_time = f"{spent} ran out of the --timeout of {timeout:g} s (dual bounds: sound, not tight)"
+    out_of_time = f"{spent} ran out of the --timeout of {timeout:g} s (their bounds are sound, not tight)"
     if all_pairs:
         exact = sum(1 for p in refined if p.milp and p.milp["exact"] and not p.milp["timed_out"])
         return f"{head}; {exact} exact, {len(refined) - exact - spent} not exact, {out_of_time}"
-    decided = sum(1 for p in refined if p.decided_by == "milp")
+    decided = sum(1 for p in refined if p.decided_by in keys)
     given_up = sum(1 for p in refined if p.milp and p.milp["out_of_reach"])
     return (
         f"{head}; {decided} decided, {given_up} given up as unknown (no sound bound could reach delta), "

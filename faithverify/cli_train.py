@@ -147,7 +147,8 @@ def recipes(as_json: bool) -> None:
         click.echo(json.dumps({name: asdict(r) for name, r in RECIPES.items()}, indent=2))
         return
     for name, r in RECIPES.items():
-        click.echo(f"{name:22} {r.arch:16} {r.epochs:3d} epochs  {r.describe_method()}")
+        origin = f"deviates: {r.deviation}" if r.deviation else "paper"
+        click.echo(f"{name:22} {r.arch:22} {r.epochs:3d} epochs  [{origin}]  {r.describe_method()}")
     click.echo(
         f"\nFields (override on the command line or see --json): {', '.join(f.name for f in fields(Recipe))}"
     )

@@ -16,7 +16,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from faithverify.attack import PGDConfig, faithfulness_attack, float32_box, input_box
-from faithverify.bounds.lirpa import BoundMethod
+from faithverify.bounds.bounder import BoundMethod
 from faithverify.errors import BoundingError
 from faithverify.pair import Pair
 
@@ -108,7 +108,7 @@ def compute_gap_slice(
     ``dims=None``: ``u`` is the sign of the PGD witness's displacement from ``x0`` and ``v`` a random sign
     direction (seeded) orthogonal to it. ``dims=(i, j)``: ``u`` and ``v`` move the flat input coordinates i and j.
     """
-    from faithverify.certify import PairBounder  # certify imports the MILP stack; only needed here
+    from faithverify.bounds.bounder import PairBounder  # certify imports the MILP stack; only needed here
 
     x0 = np.asarray(x0, dtype=np.float32).reshape(pair.input_shape)
     offsets = symmetric_offsets(eps, resolution)

@@ -2,7 +2,7 @@
 
 The ONNX form is what ``faithverify pair`` writes and what every witness is re-checked on with onnxruntime;
 the torch form (:class:`PairedModule`) is what gets attacked. Bounds are computed per network (see
-:mod:`faithverify.bounds.lirpa`), which is equivalent and faster than bounding the merged graph.
+:mod:`faithverify.bounds.bounder`), which is equivalent and faster than bounding the merged graph.
 """
 
 from __future__ import annotations

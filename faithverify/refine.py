@@ -33,19 +33,19 @@ with CROWN's. The incumbents' inputs are kept as candidate witnesses for the att
 
 from __future__ import annotations
 
-import copy
 import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
-import torch
 from torch import nn
 
-from faithverify.bounds.milp import NetworkMILP, Solver
+from faithverify.bounds.milp import Solver
 from faithverify.bounds.milp.backends import Status
+from faithverify.bounds.portfolio import ExactSolver, Refiner
 from faithverify.bounds.softmax import LogitDiffBounds, softmax_bounds
+from faithverify.network import PiecewiseLinearNetwork
 
 _NEGLIGIBLE = 1e-9  # a bound this close to a value the network takes needs no solve
 
@@ -66,36 +66,36 @@ class RefineResult:
 
 @dataclass
 class _Side:
-    """One network, its current ``[C, C]`` logit-difference bounds and (once needed) its MILP."""
+    """One network, its current ``[C, C]`` logit-difference bounds and (once needed) its exact solver."""
 
-    body: nn.Module
+    form: PiecewiseLinearNetwork
     box: tuple[np.ndarray, np.ndarray]
     solver: Solver
+    refiners: tuple[Refiner, ...]
     lower: np.ndarray
     upper: np.ndarray
     reached: np.ndarray  # the largest z_j - z_i seen in the box: no sound bound can be tighter than this
     solved: set[tuple[int, int]] = field(default_factory=set)  # (i, j): upper of z_j - z_i is final
     cut: set[tuple[int, int]] = field(default_factory=set)  # (i, j): stopped early below a cut-off once
     inexact: set[tuple[int, int]] = field(default_factory=set)  # (i, j): final, a dual bound at a time limit
-    _milp: NetworkMILP | None = None
+    _exact: ExactSolver | None = None
 
     @property
-    def milp(self) -> NetworkMILP:
-        # Built on first use: encoding costs up to a second, and most points need no solve on one side.
-        if self._milp is None:
-            self._milp = NetworkMILP(self.body, *self.box, solver=self.solver)
-        return self._milp
+    def exact(self) -> ExactSolver:
+        # Built on first use: its root bounds cost a fraction of a second, and most points need no solve on
+        # one side.
+        if self._exact is None:
+            self._exact = ExactSolver(self.form, *self.box, refiners=self.refiners, milp_solver=self.solver)
+        return self._exact
 
     def observe(self, xs: np.ndarray) -> None:
         """Raise ``reached`` with the logit differences at inputs ``xs`` (``[K, D]``, clipped into the box so
         that every value counted is one the network takes there)."""
-        x = np.clip(xs, *self.box)
-        with torch.no_grad():
-            z = self.body(torch.from_numpy(x)).numpy()
+        z = self.form.forward(np.clip(xs, *self.box))
         self.reached = np.maximum(self.reached, (z[:, None, :] - z[:, :, None]).max(axis=0))
 
     def solver_used(self) -> str | None:
-        return None if self._milp is None else self._milp.solver_used()
+        return None if self._exact is None else self._exact.solver_used()
 
     def bounds(self) -> LogitDiffBounds:
         return LogitDiffBounds(lower=self.lower[None], upper=self.upper[None])
@@ -229,8 +229,8 @@ def _gain(teacher: _Side, student: _Side, side: _Side, i: int, j: int, current: 
 
 
 def refine_point(
-    teacher_body: nn.Module,
-    student_body: nn.Module,
+    teacher_body: nn.Module | PiecewiseLinearNetwork,
+    student_body: nn.Module | PiecewiseLinearNetwork,
     lower: np.ndarray,
     upper: np.ndarray,
     teacher_crown: LogitDiffBounds,
@@ -239,6 +239,7 @@ def refine_point(
     *,
     delta: float | None,
     solver: Solver = Solver.AUTO,
+    refiners: tuple[Refiner, ...] = (Refiner.BAB, Refiner.MILP),
     time_budget: float = 60.0,
     solve_limit: float | None = None,
     starts: np.ndarray | None = None,
@@ -258,10 +259,16 @@ def refine_point(
     sides = []
     for body, crown in ((teacher_body, teacher_crown), (student_body, student_crown)):
         c = crown.lower.shape[-1]
+        form = (
+            body
+            if isinstance(body, PiecewiseLinearNetwork)
+            else PiecewiseLinearNetwork.from_module(body, len(lower))
+        )
         side = _Side(
-            copy.deepcopy(body).double(),
+            form,
             (lower, upper),
             solver,
+            tuple(refiners),
             crown.lower[0].copy(),
             crown.upper[0].copy(),
             np.full((c, c), -math.inf),
@@ -311,7 +318,7 @@ def refine_point(
         seeds = np.concatenate(
             [x0_flat[None], *([] if starts is None else [starts]), *(w[None] for w in witnesses)]
         )
-        result = side.milp.max_logit_diff(
+        result = side.exact.max_logit_diff(
             i, j, time_limit=max(limit, 0.01), cutoff=cutoff, stop_below=enough, start=seeds
         )
         solves += 1

@@ -34,9 +34,13 @@ _VERDICT_COLOURS: dict[tuple[str, str | None], str] = {
     ("certified", "ibp"): "#c7e9c0",
     ("certified", "crown"): "#74c476",
     ("certified", "alpha-crown"): "#41ab5d",
+    ("certified", "bab"): "#238b45",
     ("certified", "milp"): "#006d2c",
+    ("certified", "bab+milp"): "#00441b",
     ("violated", "attack"): "#fb6a4a",
+    ("violated", "bab"): "#cb181d",
     ("violated", "milp"): "#a50f15",
+    ("violated", "bab+milp"): "#67000d",
     ("unknown", None): "#bdbdbd",
 }
 

@@ -224,7 +224,7 @@ def _pct(x: float) -> str:
     return "-" if math.isnan(x) else f"{100 * x:.1f}%"
 
 
-_METHOD_ORDER = {"ibp": 0, "crown": 1, "alpha-crown": 2, "milp": 3}
+_METHOD_ORDER = {"ibp": 0, "crown": 1, "alpha-crown": 2, "bab": 3, "milp": 4, "bab+milp": 5}
 
 
 def _methods(rows: Sequence[EpsSummary]) -> list[str]:

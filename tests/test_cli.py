@@ -255,8 +255,8 @@ def test_delta_gives_verdicts_in_records_and_summary(
     assert len(points) == 4 and all(p["verdict"] in ("certified", "violated", "unknown") for p in points)
     refined = [p for p in points if p.get("milp")]
     if refined:  # the summary line accounts for every refinement the records show
-        decided = sum(1 for p in refined if p["decided_by"] == "milp")
-        assert f"MILP stage: {len(refined)} points refined" in result.output
+        decided = sum(1 for p in refined if p["decided_by"] == p["milp"]["refiners"])
+        assert f"Refinement: {len(refined)} points refined" in result.output
         assert f"; {decided} decided, " in result.output
     else:
-        assert "MILP stage" not in result.output
+        assert "Refinement:" not in result.output

@@ -1,5 +1,5 @@
-"""The native CROWN for Linear/ReLU chains against auto_LiRPA's CROWN (an independent implementation) and
-against sampling."""
+"""The native CROWN and alpha-CROWN: against auto_LiRPA's CROWN (an independent implementation) and against
+sampling, on MLPs and on CNNs with max-pools."""
 
 from __future__ import annotations
 
@@ -7,9 +7,45 @@ import pytest
 import torch
 from torch import nn
 
-from faithverify.bounds.crown import ChainCrown, LinearReluChain
-from faithverify.bounds.lirpa import BoundMethod, NetworkBounder, pair_specification
+from faithverify.bounds import crown
+from faithverify.bounds.bounder import BoundMethod, NetworkBounder, pair_specification
+from faithverify.bounds.crown import Box
+from faithverify.bounds.torchnet import BoundNetwork
+from faithverify.network import PiecewiseLinearNetwork
 from tests.conftest import random_mlp
+
+
+def _net(body: nn.Module, dim: int) -> BoundNetwork:
+    return BoundNetwork.of(PiecewiseLinearNetwork.from_module(body.double(), dim))
+
+
+def _cnn(seed: int) -> nn.Sequential:
+    """Two conv layers (stride, padding), a max-pool, and two linear layers: every layer kind of the CIFAR nets."""
+    torch.manual_seed(seed)
+    return nn.Sequential(
+        nn.Conv2d(1, 4, 3, stride=1),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+        nn.Conv2d(4, 6, 3, stride=2, padding=1),
+        nn.ReLU(),
+        nn.Flatten(),
+        nn.Linear(6 * 2 * 2, 10),
+        nn.ReLU(),
+        nn.Linear(10, 4),
+    ).double()
+
+
+def _check_on_samples(body: nn.Module, lower: torch.Tensor, upper: torch.Tensor, final: torch.Tensor) -> None:
+    n, d = lower.shape
+    with torch.no_grad():
+        spec = pair_specification(body(lower[:1]).shape[1])
+    u = torch.rand(n, 4000, d, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    u[:, :1000] = u[:, :1000].round()  # vertices of the box, where the extremes of a ReLU net often are
+    xs = lower[:, None] + (upper - lower)[:, None] * u
+    with torch.no_grad():
+        z = body(xs.reshape(n * 4000, -1)).reshape(n, 4000, -1)
+    diffs = z @ spec.T
+    assert torch.all(diffs.amin(dim=1) >= final - 1e-9)
 
 
 @pytest.mark.parametrize(
@@ -32,28 +68,88 @@ def test_equals_auto_lirpa_crown(dims: list[int], eps: float, seed: int) -> None
     assert torch.allclose(native, reference, atol=1e-10 * scale, rtol=0)
 
 
-def test_pre_activation_and_final_bounds_hold_on_samples() -> None:
-    net = random_mlp(7, [10, 12, 12, 4], scale=1.5)
-    chain = LinearReluChain.from_module(net)
-    assert chain is not None
+def test_interval_bound_equals_auto_lirpa_ibp() -> None:
+    net = random_mlp(4, [12, 10, 10, 4])
+    x = torch.rand(10, 12, dtype=torch.float64, generator=torch.Generator().manual_seed(4))
+    lower, upper = (x - 0.1).clamp(0, 1), (x + 0.1).clamp(0, 1)
+    native = NetworkBounder(net, 12, 4).pair_lower_bounds(lower, upper, BoundMethod.IBP)
+    library = NetworkBounder(net, 12, 4, engine="auto_lirpa").pair_lower_bounds(lower, upper, BoundMethod.IBP)
+    assert torch.allclose(native, library, atol=1e-10 * (1 + library.abs().max()), rtol=0)
+
+
+def test_intermediate_and_final_bounds_hold_on_samples() -> None:
+    body = random_mlp(7, [10, 12, 12, 4], scale=1.5).double()
     x = torch.rand(5, 10, dtype=torch.float64)
     lower, upper = (x - 0.1).clamp(0, 1), (x + 0.1).clamp(0, 1)
-    spec = pair_specification(4)
-    final, pre = ChainCrown(chain).bounds(lower, upper, spec)
+    net = _net(body, 10)
+    final, layers = crown.crown(net, Box.of(lower, upper), pair_specification(4))
     samples = lower[:, None] + (upper - lower)[:, None] * torch.rand(5, 5000, 10, dtype=torch.float64)
-    h = samples
-    layers = list(net.double())
-    for k, (lo, hi) in enumerate(pre):
-        z = layers[2 * k](h)
-        assert torch.all(z >= lo[:, None] - 1e-12) and torch.all(z <= hi[:, None] + 1e-12)
-        h = torch.relu(z)
-    diffs = layers[-1](h) @ spec.T
-    assert torch.all(diffs >= final[:, None] - 1e-12)
+    acts = net.activations(samples)
+    for k, (lo, hi) in layers.pre.items():
+        assert torch.all(acts[k] >= lo[:, None] - 1e-12) and torch.all(acts[k] <= hi[:, None] + 1e-12)
+    _check_on_samples(body, lower, upper, final)
 
 
-def test_only_linear_relu_chains_are_taken() -> None:
-    assert LinearReluChain.from_module(nn.Sequential(nn.Linear(3, 2))) is not None
-    assert LinearReluChain.from_module(nn.Sequential(nn.Linear(3, 2), nn.ReLU())) is None
-    assert LinearReluChain.from_module(nn.Sequential(nn.Flatten(), nn.Linear(3, 2))) is None
-    conv = nn.Sequential(nn.Conv2d(1, 2, 3), nn.ReLU(), nn.Flatten(), nn.Linear(2, 2))
-    assert LinearReluChain.from_module(conv) is None
+@pytest.mark.parametrize("eps", [0.05, 0.3])
+def test_cnn_with_max_pool_is_sound(eps: float) -> None:
+    body = _cnn(3)
+    x = torch.rand(6, 1 * 8 * 8, dtype=torch.float64, generator=torch.Generator().manual_seed(3))
+    lower, upper = (x - eps).clamp(0, 1), (x + eps).clamp(0, 1)
+    flat = nn.Sequential(nn.Unflatten(1, (1, 8, 8)), body)
+    net = _net(flat, 64)
+    box = Box.of(lower, upper)
+    spec = pair_specification(4)
+    final, _ = crown.crown(net, box, spec)
+    _check_on_samples(flat, lower, upper, final)
+    alpha = crown.alpha_crown(net, box, spec, iterations=15)
+    assert torch.all(alpha.lower >= final - 1e-12)
+    _check_on_samples(flat, lower, upper, alpha.lower)
+    ibp = crown.interval_bound(net, box, spec)
+    assert torch.all(final >= ibp - 1e-9)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_alpha_crown_is_sound_and_never_looser_than_crown(seed: int) -> None:
+    body = random_mlp(seed, [12, 16, 16, 16, 5], scale=1.3).double()
+    x = torch.rand(20, 12, dtype=torch.float64, generator=torch.Generator().manual_seed(seed))
+    lower, upper = (x - 0.15).clamp(0, 1), (x + 0.15).clamp(0, 1)
+    net, box, spec = _net(body, 12), Box.of(lower, upper), pair_specification(5)
+    base, _ = crown.crown(net, box, spec)
+    result = crown.alpha_crown(net, box, spec, iterations=20)
+    assert torch.all(result.lower >= base)
+    assert float((result.lower - base).mean()) > 1e-3  # it does optimise something on these nets
+    _check_on_samples(body, lower, upper, result.lower)
+    # its intermediate bounds are sound too (branch and bound and the MILP start from them)
+    samples = lower[:, None] + (upper - lower)[:, None] * torch.rand(20, 3000, 12, dtype=torch.float64)
+    acts = net.activations(samples)
+    for k, (lo, hi) in result.layers.pre.items():
+        assert torch.all(acts[k] >= lo[:, None] - 1e-9) and torch.all(acts[k] <= hi[:, None] + 1e-9)
+
+
+def test_sparse_and_dense_layers_agree() -> None:
+    """A convolution large enough to be kept sparse gives the same bounds as its dense matrix."""
+    import faithverify.bounds.torchnet as torchnet
+
+    torch.manual_seed(5)
+    body = nn.Sequential(
+        nn.Unflatten(1, (3, 32, 32)),
+        nn.Conv2d(3, 8, 3, stride=2),
+        nn.ReLU(),
+        nn.Flatten(),
+        nn.Linear(1800, 3),
+    ).double()
+    form = PiecewiseLinearNetwork.from_module(body, 3072)
+    sparse = BoundNetwork.of(form)
+    assert sparse.layers[0].weight.layout == torch.sparse_csr  # type: ignore[union-attr]
+    limit = torchnet._DENSE_ENTRIES
+    try:
+        torchnet._DENSE_ENTRIES = 10**9
+        dense = BoundNetwork.of(form)
+    finally:
+        torchnet._DENSE_ENTRIES = limit
+    x = torch.rand(3, 3072, dtype=torch.float64)
+    box = Box.of((x - 0.02).clamp(0, 1), (x + 0.02).clamp(0, 1))
+    a, _ = crown.crown(sparse, box, pair_specification(3))
+    b, _ = crown.crown(dense, box, pair_specification(3))
+    assert torch.allclose(a, b, atol=1e-9, rtol=0)
+    assert torch.allclose(sparse.forward(x), body(x), atol=1e-12)

@@ -13,7 +13,7 @@ import pytest
 from click.testing import CliRunner, Result
 
 from faithverify.attack import PGDConfig
-from faithverify.bounds.lirpa import BoundMethod
+from faithverify.bounds.bounder import BoundMethod
 from faithverify.certify import CertifyConfig, certify
 from faithverify.cli import main
 from faithverify.data import fit_to_input_shape

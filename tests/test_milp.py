@@ -16,8 +16,9 @@ import torch
 from torch import nn
 
 import faithverify.bounds.milp.model as milp_model
-from faithverify.bounds.crown import ChainCrown, LinearReluChain
-from faithverify.bounds.lirpa import BoundMethod, NetworkBounder, pair_specification
+from faithverify.bounds import crown as native_crown
+from faithverify.bounds.bounder import BoundMethod, NetworkBounder, pair_specification
+from faithverify.bounds.crown import Box
 from faithverify.bounds.milp import (
     NetworkMILP,
     PiecewiseLinearNetwork,
@@ -27,6 +28,7 @@ from faithverify.bounds.milp import (
     soundness_margin,
 )
 from faithverify.bounds.softmax import LogitDiffBounds
+from faithverify.bounds.torchnet import BoundNetwork
 from faithverify.errors import BoundingError
 from faithverify.onnx_io import load_model
 from faithverify.onnx_io.layers import ConstAdd, ConstMul, Reshape, Transpose
@@ -261,10 +263,10 @@ def test_tighter_than_crown_and_above_sampling(eps: float) -> None:
     body = random_mlp(11, [10, 8, 8, 4], scale=1.5).double()
     x0 = np.random.default_rng(11).random(10)
     lower, upper = x0 - eps, x0 + eps
-    chain = LinearReluChain.from_module(body)
-    assert chain is not None
     lo_t, up_t = torch.from_numpy(lower[None]), torch.from_numpy(upper[None])
-    _, pre = ChainCrown(chain).bounds(lo_t, up_t, pair_specification(4))
+    net = BoundNetwork.of(PiecewiseLinearNetwork.from_module(body, 10))
+    _, layers = native_crown.crown(net, Box.of(lo_t, up_t), pair_specification(4))
+    pre = [(lo[0].numpy(), hi[0].numpy()) for lo, hi in layers.as_list()]
     crown = LogitDiffBounds.from_lower(
         NetworkBounder(body, 10, 4).logit_diff_bounds(lo_t, up_t, BoundMethod.CROWN).lower
     )

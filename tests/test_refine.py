@@ -10,9 +10,10 @@ import pytest
 import torch
 
 from faithverify.attack import PGDConfig, input_box
-from faithverify.bounds.lirpa import BoundMethod
+from faithverify.bounds.bounder import BoundMethod
 from faithverify.bounds.milp import Solver
-from faithverify.certify import CertifyConfig, certify
+from faithverify.bounds.portfolio import Refiner
+from faithverify.certify import CertifyConfig, RefineMode, certify
 from faithverify.pair import Pair, load_pair
 from tests.conftest import export_onnx, random_mlp
 from tests.test_soundness import sampled_max_gap
@@ -36,7 +37,7 @@ def run(pair: Pair, x0: np.ndarray, **kwargs: object) -> list:
 
 def test_all_pairs_milp_is_ordered_and_sound(pair: Pair) -> None:
     x0 = np.random.default_rng(0).random((5, 6), dtype=np.float32)
-    results = run(pair, x0, milp_all=True)
+    results = run(pair, x0, refine_mode=RefineMode.ALL, refiners=(Refiner.MILP,))
     assert len(results) == 10
     for r in results:
         milp = r.bounds["milp"]
@@ -53,7 +54,7 @@ def test_all_pairs_milp_is_ordered_and_sound(pair: Pair) -> None:
 
 def test_milp_is_tighter_than_crown_somewhere(pair: Pair) -> None:
     x0 = np.random.default_rng(1).random((6, 6), dtype=np.float32)
-    results = run(pair, x0, milp_all=True)
+    results = run(pair, x0, refine_mode=RefineMode.ALL, refiners=(Refiner.MILP,))
     assert any(r.bounds["milp"] < r.bounds["crown"] - 1e-3 for r in results)
 
 
@@ -79,15 +80,21 @@ def test_verdicts_and_witnesses(pair: Pair) -> None:
 
 def test_no_refine_leaves_undecided_points_unknown(pair: Pair) -> None:
     x0 = np.random.default_rng(2).random((8, 6), dtype=np.float32)
-    results = run(pair, x0, delta=0.1, refine=False)
+    results = run(pair, x0, delta=0.1, refine_mode=RefineMode.NONE)
     assert all(r.milp is None for r in results)
     assert all(r.decided_by in ("attack", "ibp", "crown", None) for r in results)
 
 
 def test_process_pool_gives_the_same_bounds(pair: Pair, tmp_path: Path) -> None:
     x0 = np.random.default_rng(3).random((3, 6), dtype=np.float32)
-    serial = {(r.index, r.eps): r.bounds["milp"] for r in run(pair, x0, milp_all=True)}
-    parallel = {(r.index, r.eps): r.bounds["milp"] for r in run(pair, x0, milp_all=True, jobs=2)}
+    serial = {
+        (r.index, r.eps): r.bounds["milp"]
+        for r in run(pair, x0, refine_mode=RefineMode.ALL, refiners=(Refiner.MILP,))
+    }
+    parallel = {
+        (r.index, r.eps): r.bounds["milp"]
+        for r in run(pair, x0, refine_mode=RefineMode.ALL, refiners=(Refiner.MILP,), jobs=2)
+    }
     assert serial.keys() == parallel.keys()
     for key, value in serial.items():
         assert parallel[key] == pytest.approx(value, abs=1e-6)
@@ -113,7 +120,7 @@ def test_milp_without_binaries_is_sound(solver: Solver) -> None:
 
 
 def _point_bounds(pair: Pair, x0: np.ndarray, eps: float) -> tuple:
-    from faithverify.bounds.lirpa import NetworkBounder
+    from faithverify.bounds.bounder import NetworkBounder
 
     lower, upper = input_box(x0, eps)
     out = []

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from faithverify.attack import PGDConfig, float32_box, input_box
-from faithverify.bounds.lirpa import BoundMethod
+from faithverify.bounds.bounder import BoundMethod
 from faithverify.certify import CertifyConfig, certify
 from faithverify.data import load_dataset
 from faithverify.onnx_io import load_model, run_onnxruntime
@@ -110,7 +110,7 @@ def test_cifar_shaped_cnn_bounds_batches_soundly(tmp_path: Path) -> None:
     """The CIFAR-10 student's architecture (random weights): CROWN through auto_LiRPA on 12 points at once at a
     large radius. auto_LiRPA 0.3 failed here (IndexError) while the flat input was reshaped in front of the first
     Conv; the bounds must also hold against sampling."""
-    from faithverify.bounds.lirpa import NetworkBounder
+    from faithverify.bounds.bounder import NetworkBounder
     from faithverify.train import build
 
     torch.manual_seed(0)

@@ -168,21 +168,32 @@ def test_named_architectures() -> None:
     widths = {
         name: [m.out_features for m in build(name) if isinstance(m, nn.Linear)] for name in ARCHITECTURES
     }
+    # The paper's Appendix A.1-A.2 and Table 3, written out here from the paper, not from the code.
     assert widths["mnist-teacher"] == [30] * 6 + [10]
     assert widths["mnist-student"] == [20] * 4 + [10]
+    assert widths["fashion-mnist-teacher"] == [64, 32, 32, 32, 32, 16, 10]
+    assert widths["fashion-mnist-student"] == [30, 30, 30, 30, 10]
     assert isinstance(build("mnist-teacher")[0], nn.Linear) and build("mnist-teacher")[0].in_features == 784
     assert get_spec("mnist-student").input_shape == (784,)
-    with pytest.raises(
-        ValueError, match="known: cifar10-student, cifar10-teacher, mnist-student, mnist-teacher"
-    ):
+    with pytest.raises(ValueError, match="known: cifar10-student, cifar10-teacher, fashion-mnist-student"):
         get_spec("resnet")
-    # The CIFAR-10 CNNs: two conv blocks that halve the side (32 -> 16 -> 8), then the linear head.
-    for name, channels, hidden in (("cifar10-teacher", (16, 32), 100), ("cifar10-student", (8, 16), 50)):
+    # CIFAR-10: conv(k3, s2) -> maxpool 2 -> conv(k3, s2, pad 1) -> conv(k3, s1) -> 32 x 2 x 2 = 128 features.
+    for name, channels, hidden in (
+        ("cifar10-teacher", (8, 16, 32), [128, 64]),
+        ("cifar10-student", (6, 16, 32), [64, 32]),
+    ):
         net = build(name)
-        assert [m.out_channels for m in net if isinstance(m, nn.Conv2d)] == list(channels)
-        assert widths[name] == [hidden, 10]
+        convs = [m for m in net if isinstance(m, nn.Conv2d)]
+        assert [m.out_channels for m in convs] == list(channels)
+        assert [(m.kernel_size, m.stride, m.padding) for m in convs] == [
+            ((3, 3), (2, 2), (0, 0)),
+            ((3, 3), (2, 2), (1, 1)),
+            ((3, 3), (1, 1), (0, 0)),
+        ]
+        assert sum(isinstance(m, nn.MaxPool2d) for m in net) == 1
+        assert widths[name] == [*hidden, 10]
         assert net(torch.zeros(2, 3, 32, 32)).shape == (2, 10)
-        assert next(m.in_features for m in net if isinstance(m, nn.Linear)) == channels[1] * 8 * 8
+        assert next(m.in_features for m in net if isinstance(m, nn.Linear)) == 128
 
 
 # --- A short end-to-end run on separable synthetic data -------------------------------------------

@@ -32,7 +32,7 @@ import numpy as np
 import torch
 
 from faithverify.attack import PGDConfig
-from faithverify.bounds.lirpa import BoundMethod
+from faithverify.bounds.bounder import BoundMethod
 from faithverify.certify import CertifyConfig, certify
 from faithverify.data import fit_to_input_shape, load_dataset
 from faithverify.pair import load_pair

@@ -1,18 +1,15 @@
-"""Logit-difference bounds of one network over input boxes, through auto_LiRPA (IBP, CROWN, alpha-CROWN).
+"""The one adapter to auto_LiRPA 0.3: everything the project asks of the library goes through here.
 
-Each network of a pair is bounded on its own (the paired specification matrix would be half zeros), on a
-*flat* input, so that the first Linear layer sees the perturbed input directly and auto_LiRPA bounds it exactly
-(an ``nn.Flatten`` in front blocks that). Only lower bounds are computed, for every ordered class pair
-``(i, j)``: the upper bound of ``z_j - z_i`` is minus the lower bound of ``z_i - z_j``, so asking auto_LiRPA for
-upper bounds too would do the same work twice. Bounds are computed under ``torch.no_grad()`` (alpha-CROWN
-needs gradients for its own optimisation and manages them itself). See DESIGN.md for the measurements behind
-each of these choices; ``benchmarks/screening_throughput.py`` re-measures them.
+The native engine (:mod:`faithverify.bounds.crown`) computes IBP, CROWN and alpha-CROWN itself; the library is
+the independent reference that tests and ``--engine auto_lirpa`` compare it with. The compatibility bridges for
+torch 2 live in :mod:`.lirpa_compat`; the private attributes read here (``optimizable_activations``,
+``_modules``) and the default-dtype toggling below are the only other places that know the library's insides,
+and ``tests/test_lirpa_canary.py`` says which of them broke when the library changes.
 
-CROWN on a chain of Linear and ReLU layers runs in :mod:`faithverify.bounds.crown` instead (the same bound, to
-~1e-13, at 3-4 times the speed); ``engine="auto_lirpa"`` forces the library.
-
-Floating point: the default dtype is float64, and :mod:`faithverify.bounds.softmax` widens the results by a
-stated margin before they are used.
+The network is bounded on a *flat* input, so that the first Linear layer sees the perturbed input directly and
+auto_LiRPA bounds it exactly (an ``nn.Flatten`` in front blocks that); only lower bounds are computed (an upper
+bound is minus the lower bound of the negated form). Floating point: float64 by default, and
+:mod:`faithverify.bounds.softmax` widens the results by a stated margin before they are used.
 """
 
 from __future__ import annotations
@@ -21,79 +18,35 @@ import contextlib
 import copy
 import warnings
 from collections.abc import Iterator
-from enum import StrEnum
 from typing import Any
 
-import numpy as np
 import torch
 from torch import nn
 
-from faithverify.bounds.crown import ChainCrown, LinearReluChain
 from faithverify.bounds.lirpa_compat import import_auto_lirpa
-from faithverify.bounds.softmax import LogitDiffBounds
 from faithverify.errors import BoundingError
 from faithverify.onnx_io.layers import Reshape
 
 
-class BoundMethod(StrEnum):
-    IBP = "ibp"
-    CROWN = "crown"
-    ALPHA_CROWN = "alpha-crown"
+class LirpaBounder:
+    """Lower bounds of linear forms of one network's logits, computed by auto_LiRPA (IBP, CROWN, alpha-CROWN).
 
-
-_AUTO_LIRPA_METHOD = {
-    BoundMethod.IBP: "IBP",
-    BoundMethod.CROWN: "CROWN",
-    BoundMethod.ALPHA_CROWN: "CROWN-Optimized",
-}
-
-
-def ordered_pairs(num_classes: int) -> list[tuple[int, int]]:
-    """All ``(i, j)`` with ``i != j``; row ``k`` of :func:`pair_specification` bounds ``z_j - z_i``."""
-    return [(i, j) for i in range(num_classes) for j in range(num_classes) if i != j]
-
-
-def pair_specification(num_classes: int) -> torch.Tensor:
-    """Specification matrix ``C`` with one row ``e_j - e_i`` per ordered pair (eq. 4), ``[C(C-1), C]``."""
-    pairs = ordered_pairs(num_classes)
-    spec = torch.zeros(len(pairs), num_classes, dtype=torch.float64)
-    for row, (i, j) in enumerate(pairs):
-        spec[row, j] = 1.0
-        spec[row, i] = -1.0
-    return spec
-
-
-def resolve_device(device: str) -> torch.device:
-    """``auto`` picks CUDA when present."""
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device == "cuda" and not torch.cuda.is_available():
-        raise ValueError("--device cuda was asked for, but torch sees no CUDA device")
-    return torch.device(device)
-
-
-class NetworkBounder:
-    """Bounds ``z_j - z_i`` of one network (taking a flat input) over batches of input boxes."""
+    ``body`` takes flat inputs ``[N, input_dim]``. Its methods take the method's auto_LiRPA name: ``"IBP"``,
+    ``"CROWN"`` or ``"CROWN-Optimized"``.
+    """
 
     def __init__(
         self,
         body: nn.Module,
         input_dim: int,
-        num_classes: int,
         device: torch.device | str = "cpu",
         dtype: torch.dtype = torch.float64,
         alpha_iterations: int = 20,
         alpha_lr: float = 0.5,
-        engine: str = "auto",
     ) -> None:
-        if engine not in ("auto", "auto_lirpa"):
-            raise ValueError(f"unknown bounding engine {engine!r}")
         auto_lirpa = import_auto_lirpa()
         self.device = torch.device(device)
         self.dtype = dtype
-        self.input_dim = input_dim
-        self.num_classes = num_classes
-        self.alpha_iterations = alpha_iterations
         # A private copy: auto_LiRPA keeps references to the parameters, and a later .to() elsewhere would
         # silently change their dtype under it.
         body = copy.deepcopy(body).to(device=self.device, dtype=dtype).eval()
@@ -131,56 +84,38 @@ class NetworkBounder:
             n for n in self.module.optimizable_activations if not isinstance(n, BoundMaxPool)
         ]
         self._auto_lirpa = auto_lirpa
-        # CROWN on a Linear/ReLU chain runs natively (same bound, 3-4x the throughput; see crown.py) unless
-        # the library is asked for explicitly.
-        chain = LinearReluChain.from_module(body, dtype) if engine == "auto" else None
-        self._native = ChainCrown(chain.to(self.device)) if chain is not None else None
-        self.spec = pair_specification(num_classes).to(device=self.device, dtype=dtype)
-        self._pairs = ordered_pairs(num_classes)
-        self._rows = torch.tensor([i for i, _ in self._pairs])
-        self._cols = torch.tensor([j for _, j in self._pairs])
 
-    def _bounded_input(self, lower: torch.Tensor, upper: torch.Tensor) -> Any:
-        ptb = self._auto_lirpa.PerturbationLpNorm(norm=float("inf"), x_L=lower, x_U=upper)
-        return self._auto_lirpa.BoundedTensor((lower + upper) / 2, ptb)
-
-    def pair_lower_bounds(
-        self, lower: torch.Tensor, upper: torch.Tensor, method: BoundMethod
+    def lower_bounds(
+        self, lower: torch.Tensor, upper: torch.Tensor, spec: torch.Tensor, method: str
     ) -> torch.Tensor:
-        """Lower bounds on every ``z_j - z_i`` (one row per ordered pair) for a batch of boxes ``[N, D]``."""
-        return self.linear_lower_bounds(lower, upper, self.spec, method)
-
-    def linear_lower_bounds(
-        self, lower: torch.Tensor, upper: torch.Tensor, spec: torch.Tensor, method: BoundMethod
-    ) -> torch.Tensor:
-        """Lower bounds ``[N, R]`` on ``spec · z`` (``spec``: ``[R, C]``, any linear forms of the logits)."""
+        """Lower bounds ``[N, R]`` on ``spec · z`` (``spec``: ``[R, C]``) over flat boxes ``[N, D]``."""
         lower = lower.to(device=self.device, dtype=self.dtype).reshape(len(lower), -1)
         upper = upper.to(device=self.device, dtype=self.dtype).reshape(len(upper), -1)
-        spec = spec.to(device=self.device, dtype=self.dtype)
-        if method is BoundMethod.CROWN and self._native is not None:
-            with torch.no_grad():
-                return self._native.bounds(lower, upper, spec)[0]
-        spec = spec.unsqueeze(0).expand(len(lower), -1, -1)
+        spec = spec.to(device=self.device, dtype=self.dtype).unsqueeze(0).expand(len(lower), -1, -1)
         shape = (len(lower), *self._bounded_shape)
-        x = self._bounded_input(lower.reshape(shape), upper.reshape(shape))
-        grad: contextlib.AbstractContextManager[Any] = (
-            contextlib.nullcontext() if method is BoundMethod.ALPHA_CROWN else torch.no_grad()
+        ptb = self._auto_lirpa.PerturbationLpNorm(
+            norm=float("inf"), x_L=lower.reshape(shape), x_U=upper.reshape(shape)
         )
-        with grad, _default_dtype(self.dtype), _library_errors(f"compute {method.value} bounds of"):
-            lb, _ = self.module.compute_bounds(
-                x=(x,), C=spec, method=_AUTO_LIRPA_METHOD[method], bound_upper=False
-            )
+        x = self._auto_lirpa.BoundedTensor(((lower + upper) / 2).reshape(shape), ptb)
+        grad: contextlib.AbstractContextManager[Any] = (
+            contextlib.nullcontext() if method == "CROWN-Optimized" else torch.no_grad()
+        )
+        with grad, _default_dtype(self.dtype), _library_errors(f"compute {method} bounds of"):
+            lb, _ = self.module.compute_bounds(x=(x,), C=spec, method=method, bound_upper=False)
         return lb.detach()
 
-    def logit_diff_bounds(
-        self, lower: torch.Tensor, upper: torch.Tensor, method: BoundMethod, batch_size: int = 1000
-    ) -> LogitDiffBounds:
-        """``LogitDiffBounds`` for boxes ``[N, D]``, computed in batches of ``batch_size``."""
-        out = np.zeros((len(lower), self.num_classes, self.num_classes))
-        for start, stop in _batches(len(lower), batch_size):
-            lb = self.pair_lower_bounds(lower[start:stop], upper[start:stop], method).cpu().double().numpy()
-            out[start:stop, self._rows.numpy(), self._cols.numpy()] = lb
-        return LogitDiffBounds.from_lower(out)
+    def relu_input_bounds(self) -> list[tuple[str, torch.Tensor | None, torch.Tensor | None]]:
+        """After a bound computation: ``(kind, lower, upper)`` of the input of every ReLU and max-pool node, in
+        graph order (``kind`` is ``"relu"`` or ``"maxpool"``)."""
+        kinds = {"BoundRelu": "relu", "BoundMaxPool": "maxpool"}
+        out = []
+        for node in self.module._modules.values():
+            kind = kinds.get(type(node).__name__)
+            if kind is None:
+                continue
+            source = node.inputs[0]
+            out.append((kind, getattr(source, "lower", None), getattr(source, "upper", None)))
+        return out
 
 
 @contextlib.contextmanager
@@ -206,8 +141,3 @@ def _default_dtype(dtype: torch.dtype) -> Iterator[None]:
         yield
     finally:
         torch.set_default_dtype(previous)
-
-
-def _batches(n: int, size: int) -> Iterator[tuple[int, int]]:
-    for start in range(0, n, max(1, size)):
-        yield start, min(n, start + size)

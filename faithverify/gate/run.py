@@ -46,9 +46,10 @@ def run_gate(
 ) -> GateResult:
     """Measure every check of ``config`` on the pair; ``log`` receives one line per stage."""
     from faithverify.attack import PGDConfig
-    from faithverify.bounds.lirpa import BoundMethod
+    from faithverify.bounds.bounder import BoundMethod
     from faithverify.bounds.milp import Solver
-    from faithverify.certify import CertifyConfig, certify
+    from faithverify.bounds.portfolio import Refiner
+    from faithverify.certify import CertifyConfig, RefineMode, certify
     from faithverify.pair import load_pair
 
     say = log or (lambda _line: None)
@@ -107,8 +108,10 @@ def run_gate(
             device=config.device,
             domain=config.data.domain,
             delta=spec.delta,
-            refine=spec.milp == "refine",
-            milp_all=spec.milp == "all",
+            refine_mode={"none": RefineMode.NONE, "refine": RefineMode.UNDECIDED, "all": RefineMode.ALL}[
+                spec.milp
+            ],
+            refiners=(Refiner.MILP,) if spec.milp == "all" else (Refiner.BAB, Refiner.MILP),
             solver=Solver(spec.solver),
             milp_timeout=spec.milp_timeout_s,
             jobs=config.jobs,

@@ -80,19 +80,24 @@ def ard_loss(
 
 
 def rslad_loss(
-    student_adv: Tensor, teacher_clean: Tensor, student_clean: Tensor, adv_weight: float = 5.0 / 6.0
+    student_adv: Tensor,
+    teacher_clean: Tensor,
+    student_clean: Tensor,
+    adv_weight: float = 5.0 / 6.0,
+    temperature: float = 1.0,
 ) -> Tensor:
     """Robust soft-label adversarial distillation (RSLAD, Zi et al. 2021, eq. 7)::
 
-        L = w * KL(f_t(x) || f_s(x')) + (1 - w) * KL(f_t(x) || f_s(x)),   w = 5/6,
+        L = w * T^2 * KL(softmax_T(z_t(x)) || softmax_T(z_s(x'))) + (1 - w) * T^2 * KL(... || softmax_T(z_s(x))),
         x' = argmax_{x' in B(x, eps)} KL(f_t(x) || f_s(x'))
 
+    RSLAD's own setting is ``w = 5/6, T = 1``; the faithfulness paper trains it with ``w = alpha = 0.5, T = 2``.
     The teacher's clean soft labels replace the hard labels everywhere, in the loss and in the inner
     maximisation (``attacks.pgd_student_soft_label_kl``); the teacher stays at the clean ``x``.
     """
     _check_alpha(adv_weight)
-    adversarial = kl_teacher_student(teacher_clean, student_adv)
-    natural = kl_teacher_student(teacher_clean, student_clean)
+    adversarial = distillation_kl(teacher_clean, student_adv, temperature)
+    natural = distillation_kl(teacher_clean, student_clean, temperature)
     return adv_weight * adversarial + (1.0 - adv_weight) * natural
 
 

@@ -132,6 +132,7 @@ class RobustSoftLabelDistillation:
     teacher: nn.Module
     attack: PGDConfig
     adv_weight: float = 5.0 / 6.0
+    temperature: float = 1.0
     eps_warmup: float = 0.0
 
     def __post_init__(self) -> None:
@@ -144,13 +145,14 @@ class RobustSoftLabelDistillation:
             teacher_clean = self.teacher(x)
         attack = _ramped(self.attack, self.eps_warmup, progress)
         x_adv = pgd_student_soft_label_kl(model, teacher_clean, x, attack, generator)
-        return rslad_loss(model(x_adv), teacher_clean, model(x), self.adv_weight)
+        return rslad_loss(model(x_adv), teacher_clean, model(x), self.adv_weight, self.temperature)
 
     def describe(self) -> dict[str, object]:
         return {
             "method": "robust soft-label adversarial distillation (RSLAD)",
             "attack": self.attack,
             "adv_weight": self.adv_weight,
+            "temperature": self.temperature,
             "eps_warmup": self.eps_warmup,
         }
 

@@ -173,13 +173,12 @@ def train_recipe(
     threads_before = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
-        eval_eps = _card_eps(recipe)
+        # Table 6's grid (PGD-50 at every eps of the dataset's grid), plus the training radius.
+        grid = sorted({*recipe.eval_eps, *([_card_eps(recipe)] if _card_eps(recipe) > 0 else [])})
         robust = {}
-        if eval_eps > 0:
+        for eps in grid:
             gen = torch.Generator().manual_seed(recipe.seed)
-            robust[f"{eval_eps:.6g}"] = robust_accuracy(
-                model, x, y, PGDConfig.evaluation(eval_eps), generator=gen
-            )
+            robust[f"{eps:.6g}"] = robust_accuracy(model, x, y, PGDConfig.evaluation(eps), generator=gen)
         agreement = None
         if teacher is not None:
             with torch.no_grad():
@@ -220,6 +219,9 @@ def train_recipe(
     return card
 
 
+PAPER_SETTINGS = "the paper's (Appendix A); where it is silent, see `faithverify recipes`"
+
+
 def _pct(v: float) -> str:
     return f"{100 * v:.2f}%"
 
@@ -238,13 +240,16 @@ def render_card(card: ModelCard, recipe: Recipe) -> str:
         lines.append(f"- **Teacher**: `{card.teacher}` (sha256 `{card.teacher_sha256}`).")
     lines += [
         f"- **Training**: {recipe.epochs} epochs, SGD momentum {recipe.momentum:g}, weight decay "
-        f"{recipe.weight_decay:g}, batch {recipe.batch_size}, learning rate {recipe.lr:g} cosine-annealed to 0; "
+        f"{recipe.weight_decay:g}, batch {recipe.batch_size}, learning rate {recipe.lr:g} cosine-annealed to "
+        f"{recipe.lr_end:g}; "
+        + (f"early stopping after {recipe.patience} epochs without progress; " if recipe.patience else "")
         + (
             f"eps grows from 0 over the first {100 * recipe.eps_warmup:.0f}% of the steps; "
             if recipe.uses_attack and recipe.eps_warmup > 0
             else ""
         )
         + f"seed {recipe.seed}. Best epoch by clean test accuracy: {card.best_epoch}.",
+        f"- **Settings**: {recipe.deviation or PAPER_SETTINGS}.",
         f"- **Data**: {card.dataset}, {card.train_size:,} training and {card.test_size:,} test images, "
         "no augmentation.",
         f"- **Clean accuracy** (test set): {_pct(card.clean_accuracy)}.",

@@ -31,7 +31,7 @@ import numpy as np
 import torch
 
 from faithverify.attack import float32_box
-from faithverify.bounds.lirpa import BoundMethod, NetworkBounder
+from faithverify.bounds.bounder import BoundMethod, NetworkBounder
 from faithverify.bounds.milp import NetworkMILP, Solver
 from faithverify.bounds.milp.backends import Status
 from faithverify.bounds.softmax import LOGIT_MARGIN, RELATIVE_MARGIN, LogitDiffBounds, softmax_bounds

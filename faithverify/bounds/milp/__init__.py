@@ -1,6 +1,6 @@
 """Exact MILP bounds on logit differences (the paper's eq. 4), solved by HiGHS or Gurobi.
 
-- :mod:`~faithverify.bounds.milp.network`: the network as sparse affine maps, ReLUs and max-pools;
+- :mod:`~faithverify.network` (shared with every bound): the network as sparse affine maps, ReLUs and max-pools;
 - :mod:`~faithverify.bounds.milp.encoding`: the MILP (big-M ReLUs, exact max-pools) in matrix form;
 - :mod:`~faithverify.bounds.milp.prebounds`: CROWN bounds for the big-M constants;
 - :mod:`~faithverify.bounds.milp.tighten`: tighter bounds of unstable ReLUs from LPs, before branching;
@@ -17,7 +17,7 @@ from faithverify.bounds.milp.model import (
     logit_diff_bounds_milp,
     soundness_margin,
 )
-from faithverify.bounds.milp.network import PiecewiseLinearNetwork
+from faithverify.network import PiecewiseLinearNetwork
 
 __all__ = [
     "MilpModel",

@@ -40,7 +40,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from faithverify.bounds.milp.network import (
+from faithverify.network import (
     AffineOp,
     MaxPoolOp,
     PiecewiseLinearNetwork,

@@ -57,11 +57,11 @@ from faithverify.bounds.milp.backends import (
     gurobi_size_limited,
 )
 from faithverify.bounds.milp.encoding import LayerBounds, MilpModel, encode
-from faithverify.bounds.milp.network import PiecewiseLinearNetwork
 from faithverify.bounds.milp.prebounds import crown_layer_bounds
 from faithverify.bounds.milp.tighten import lp_refiner
 from faithverify.bounds.softmax import LogitDiffBounds
 from faithverify.errors import SolverError
+from faithverify.network import PiecewiseLinearNetwork
 
 log = logging.getLogger(__name__)
 
@@ -117,7 +117,7 @@ class NetworkMILP:
 
     def __init__(
         self,
-        body: nn.Module,
+        body: nn.Module | PiecewiseLinearNetwork,
         lower: np.ndarray,
         upper: np.ndarray,
         *,
@@ -129,7 +129,8 @@ class NetworkMILP:
         mip_abs_gap: float = 1e-6,
         tighten: bool = True,
     ) -> None:
-        """``body`` takes flat inputs ``[N, D]``; ``lower``/``upper`` are one box (``[D]`` or ``[1, D]``).
+        """``body`` takes flat inputs ``[N, D]`` (a torch module or the network form); ``lower``/``upper`` are one
+        box (``[D]`` or ``[1, D]``).
 
         ``preactivation``: sound bounds on the input of every ReLU and max-pool layer, in order (for an MLP
         exactly the ``pre`` list of ``ChainCrown.bounds``; arrays or tensors of ``[width]`` or ``[1, width]``).
@@ -138,9 +139,13 @@ class NetworkMILP:
         """
         lower = np.asarray(lower, dtype=np.float64).reshape(-1)
         upper = np.asarray(upper, dtype=np.float64).reshape(-1)
-        self.network = PiecewiseLinearNetwork.from_module(body, len(lower))
+        self.network = (
+            body
+            if isinstance(body, PiecewiseLinearNetwork)
+            else PiecewiseLinearNetwork.from_module(body, len(lower))
+        )
         if preactivation is None:
-            preactivation = crown_layer_bounds(body, self.network, lower, upper)
+            preactivation = crown_layer_bounds(self.network, lower, upper)
         refine = lp_refiner(soundness_margin, _TIGHTEN_SECONDS_PER_LAYER) if tighten else None
         self.model: MilpModel = encode(self.network, lower, upper, preactivation, refine)
         self._box = (lower, upper)

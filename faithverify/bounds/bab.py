@@ -1,0 +1,428 @@
+"""Branch and bound over ReLU splits with beta-CROWN bounds: a sound, anytime upper bound on
+``max_{x in box} w · z(x)`` for one network, one box and one linear form ``w`` of the logits.
+
+**Domains.** A domain is the box with some unstable ReLUs fixed to one side: "active" (``z_k >= 0``, so
+``relu(z_k) = z_k``) or "inactive" (``z_k <= 0``, so ``relu(z_k) = 0``). The two children of a split cover the
+parent's inputs, so the maximum over the box is the largest of the maxima over the open domains and any bound
+on it is the largest of their bounds.
+
+**Bounding a domain** (beta-CROWN, Wang et al. 2021): the lower bound of ``g = -w · z`` over the domain is a
+CROWN bound in which (1) each split neuron's relaxation is exact for its side (its pre-activation bounds are
+clamped to ``[0, u]`` or ``[l, 0]``), and (2) each split constraint ``s · z_k(x) >= 0`` (``s = +1`` active,
+``-1`` inactive) enters with a Lagrange multiplier ``beta >= 0``: ``min g >= min (g - beta · s · z_k)`` over the
+domain, since the added term is ``<= 0`` there, and the right side is bounded over the whole box by the same
+backward pass (the term adds ``-beta · s`` to the coefficients over ``z_k``). Any ``alpha`` in ``[0, 1]`` and
+``beta >= 0`` give a sound bound; a few Adam steps per batch choose good ones, starting from the parent's. A
+child's bound is never reported below its parent's (the parent's bound holds on the child's inputs too), so the
+global bound only ever improves. Intermediate bounds are the root's (alpha-CROWN's, optimised), clamped at
+every split neuron: sound on every domain, since a domain is a subset of the box.
+
+**Branching.** The domain with the worst bound is split first, many at a time (``batch`` per bound call). The
+neuron is chosen by a BaBSR-like score (Bunel et al., 2020): the vertical extent of its triangle relaxation,
+``u · (-l) / (u - l)``, weighted by ``|lambda|``, the coefficient of its output in the domain's bound, which
+says how much the relaxation's slack costs that bound.
+
+**Incumbents.** Every bound call also evaluates the network at the box vertex that minimises each domain's
+final linear bound (a cheap, often good primal point), and at the caller's starting points; the best value
+``f_best`` is a true lower bound on the maximum (float64 forward pass). A domain whose bound is at most
+``f_best`` (plus the gap tolerance) cannot hold a better maximum and is closed; when every domain is closed the
+bound meets the incumbent: the maximum is known (``exact``).
+
+**Stopping** follows :class:`faithverify.bounds.milp.NetworkMILP`: ``stop_below=s`` closes domains whose bound is
+``<= s`` and stops when none is open (the caller needs nothing tighter); ``cutoff=c`` does the same at ``c`` and
+also stops once an incumbent exceeds ``c`` (a witness that the maximum is above it); and a time limit.
+
+Floating point: the bound is exact arithmetic on the stored weights, computed in float64; as with CROWN,
+:mod:`faithverify.bounds.softmax` widens it before use.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from faithverify.bounds import crown
+from faithverify.bounds.crown import Box, LayerBounds, Relaxations
+from faithverify.bounds.milp.backends import Status
+from faithverify.bounds.milp.model import SolveResult
+from faithverify.bounds.torchnet import BoundNetwork, Relu
+
+# MIP-style gap tolerances: a bound this close to the incumbent counts as exact (the MILP uses the same).
+REL_GAP = 1e-4
+ABS_GAP = 1e-6
+
+
+@dataclass(frozen=True)
+class BabSettings:
+    batch: int = 256  # domains split per bound call (each gives two children)
+    iterations: int = 10  # Adam steps on alpha and beta per bound call
+    lr_alpha: float = 0.1
+    lr_beta: float = 0.05
+    max_domains: int = 50_000  # open domains kept; beyond this the run stops with its (sound) bound
+    recompute_intermediate: bool = False  # CROWN bounds of later layers for every child (tighter, costlier)
+
+
+@dataclass
+class _Domains:
+    """Open domains as batched tensors; dictionaries are keyed by ReLU layer position."""
+
+    lower: dict[int, Tensor]  # [M, n] pre-activation bounds, clamped by the splits
+    upper: dict[int, Tensor]
+    split: dict[int, Tensor]  # int8 [M, n]: +1 active, -1 inactive, 0 free
+    alpha: dict[int, Tensor]  # [M, n]
+    beta: dict[int, Tensor]  # [M, n]
+    lam: dict[int, Tensor]  # [M, n]: coefficients of each ReLU's output in the domain's bound (for branching)
+    bound: Tensor  # [M]: lower bound of g = -w · z over the domain
+
+    def __len__(self) -> int:
+        return int(self.bound.shape[0])
+
+    def take(self, index: Tensor) -> _Domains:
+        pick = _pick(index)
+        return _Domains(
+            {k: pick(v) for k, v in self.lower.items()},
+            {k: pick(v) for k, v in self.upper.items()},
+            {k: pick(v) for k, v in self.split.items()},
+            {k: pick(v) for k, v in self.alpha.items()},
+            {k: pick(v) for k, v in self.beta.items()},
+            {k: pick(v) for k, v in self.lam.items()},
+            self.bound[index],
+        )
+
+    @staticmethod
+    def cat(parts: list[_Domains]) -> _Domains:
+        first = parts[0]
+
+        def join(name: str) -> dict[int, Tensor]:
+            return {k: torch.cat([getattr(p, name)[k] for p in parts]) for k in getattr(first, name)}
+
+        return _Domains(
+            join("lower"), join("upper"), join("split"), join("alpha"), join("beta"), join("lam"),
+            torch.cat([p.bound for p in parts]),
+        )  # fmt: skip
+
+
+def _pick(index: Tensor):
+    return lambda t: t[index]
+
+
+@dataclass
+class BabResult:
+    """``bound``: sound upper bound on the maximum; ``best``: the largest value found (at ``witness``)."""
+
+    bound: float
+    best: float
+    witness: np.ndarray | None
+    exact: bool
+    status: Status
+    seconds: float
+    domains: int  # domains bounded in all
+    history: list[tuple[float, float]] = field(default_factory=list)  # (seconds, bound) each time it improved
+
+
+class NetworkBaB:
+    """Branch and bound for linear forms of one network's logits over one box (module docstring).
+
+    ``root`` (optional): intermediate bounds computed already for this box (e.g. by alpha-CROWN over every
+    logit difference); without it, alpha-CROWN computes them.
+    """
+
+    def __init__(
+        self,
+        network: BoundNetwork,
+        lower: np.ndarray | Tensor,
+        upper: np.ndarray | Tensor,
+        *,
+        root: LayerBounds | None = None,
+        settings: BabSettings | None = None,
+    ) -> None:
+        self.net = network
+        dtype, device = network.dtype, network.device
+        lo = torch.as_tensor(np.asarray(lower, dtype=np.float64).reshape(1, -1)).to(device, dtype)
+        hi = torch.as_tensor(np.asarray(upper, dtype=np.float64).reshape(1, -1)).to(device, dtype)
+        self.box = Box.of(lo, hi)
+        self.settings = settings or BabSettings()
+        self.num_classes = network.output_dim
+        if root is None:
+            from faithverify.bounds.bounder import pair_specification
+
+            spec = pair_specification(self.num_classes).to(device, dtype)
+            root = crown.alpha_crown(network, self.box, spec, iterations=20).layers
+        self.root = root
+        self.relus = [k for k in sorted(root.pre) if isinstance(network.layers[k], Relu)]
+
+    @property
+    def input_dim(self) -> int:
+        return self.net.input_dim
+
+    def max_logit_diff(
+        self,
+        i: int,
+        j: int,
+        *,
+        time_limit: float | None = None,
+        cutoff: float | None = None,
+        stop_below: float | None = None,
+        start: np.ndarray | None = None,
+    ) -> SolveResult:
+        """Sound upper bound on ``max_{x in box} z_j(x) - z_i(x)`` (same contract as the MILP's)."""
+        c = self.num_classes
+        if not (0 <= i < c and 0 <= j < c) or i == j:
+            raise ValueError(f"need two different classes in [0, {c}), got i={i}, j={j}")
+        weights = np.zeros(c)
+        weights[j], weights[i] = 1.0, -1.0
+        r = self.maximize(weights, time_limit=time_limit, cutoff=cutoff, stop_below=stop_below, start=start)
+        return SolveResult(
+            bound=r.bound,
+            incumbent=r.best if math.isfinite(r.best) else None,
+            exact=r.exact,
+            status=str(r.status),
+            seconds=r.seconds,
+            solver="bab",
+            witness=r.witness,
+            witness_value=r.best if r.witness is not None else None,
+        )
+
+    # --- the search -----------------------------------------------------------------------------------------
+
+    def maximize(
+        self,
+        weights: np.ndarray,
+        *,
+        time_limit: float | None = None,
+        cutoff: float | None = None,
+        stop_below: float | None = None,
+        start: np.ndarray | None = None,
+    ) -> BabResult:
+        """Sound upper bound on ``max_{x in box} weights · z(x)`` (module docstring)."""
+        clock = time.perf_counter()
+        deadline = math.inf if time_limit is None else clock + max(0.0, time_limit)
+        dtype, device = self.net.dtype, self.net.device
+        w = torch.as_tensor(np.asarray(weights, dtype=np.float64)).to(device, dtype)
+        spec = (-w).reshape(1, 1, -1)  # lower bounds of g = -w · z
+        levels = [v for v in (cutoff, stop_below) if v is not None]
+        close_at = max(levels) if levels else -math.inf  # a domain with bound <= this is settled
+        above = math.inf if cutoff is None else float(cutoff)
+
+        best, witness = -math.inf, None
+        if start is not None:
+            best, witness = self._evaluate(np.asarray(start, dtype=np.float64), w, best, witness)
+        open_ = self._root_domains()
+        best, witness = self._bound_into(open_, spec, self.settings.iterations * 2, w, best, witness)
+        bounded = 1
+        closed = -math.inf  # the largest bound of a closed domain
+        history: list[tuple[float, float]] = []
+        status = Status.OPTIMAL
+        while True:
+            # Close what is settled: at the caller's level, or no better than the incumbent.
+            ub = -open_.bound
+            done = ub <= max(close_at, _exact_level(best))
+            if bool(done.any()):
+                closed = max(closed, float(ub[done].max()))
+                open_ = open_.take(torch.nonzero(~done).squeeze(1))
+            bound = max(closed, float((-open_.bound).max()) if len(open_) else -math.inf)
+            if not history or bound < history[-1][1]:
+                history.append((time.perf_counter() - clock, bound))
+            if best > above:
+                status = Status.INCUMBENT_ABOVE_CUTOFF
+                break
+            if not len(open_):
+                status = Status.BOUND_BELOW_CUTOFF if levels and bound <= close_at else Status.OPTIMAL
+                break
+            if time.perf_counter() >= deadline or len(open_) > self.settings.max_domains:
+                status = Status.TIME_LIMIT  # out of time or of memory budget: the bound reached is sound
+                break
+            # Split the worst domains (lowest lower bound of g = highest bound on the maximum).
+            order = torch.argsort(open_.bound)
+            n_take = min(self.settings.batch, len(open_))
+            chosen, rest = open_.take(order[:n_take]), open_.take(order[n_take:])
+            children, final = self._branch(chosen)
+            if len(final):  # nothing left to split in these: their bounds are as good as they get
+                closed = max(closed, float((-final.bound).max()))
+            if children is None:
+                open_ = rest
+                continue
+            best, witness = self._bound_into(children, spec, self.settings.iterations, w, best, witness)
+            bounded += len(children)
+            open_ = _Domains.cat([rest, children]) if len(rest) else children
+        bound = max(closed, float((-open_.bound).max()) if len(open_) else -math.inf)
+        if math.isfinite(best):
+            bound = max(bound, best)  # float rounding could put a bound a hair below a value taken
+        exact = math.isfinite(best) and bound <= _exact_level(best)
+        return BabResult(
+            bound=bound,
+            best=best,
+            witness=witness,
+            exact=exact,
+            status=status,
+            seconds=time.perf_counter() - clock,
+            domains=bounded,
+            history=history,
+        )
+
+    def _bound_into(
+        self, d: _Domains, spec: Tensor, iterations: int, w: Tensor, best: float, witness: np.ndarray | None
+    ) -> tuple[float, np.ndarray | None]:
+        """Bound the domains in place (never below the bound they hold already: a parent's) and look at their
+        primal vertices for a better incumbent."""
+        if self.settings.recompute_intermediate and any(bool((v != 0).any()) for v in d.split.values()):
+            self._recompute(d)
+        lb, d.alpha, d.beta, d.lam, primal = self._bound(d, spec, iterations)
+        d.bound = torch.maximum(lb, d.bound)
+        return self._evaluate_tensor(primal, w, best, witness)
+
+    def _recompute(self, d: _Domains) -> None:
+        """Tighten the domains' intermediate bounds with CROWN under their splits (intersected with theirs)."""
+        m = len(d)
+        box = Box(self.box.center.expand(m, -1), self.box.radius.expand(m, -1))
+        known = self._layers(d).pre
+        with torch.no_grad():
+            layers, _ = crown.intermediate_bounds(self.net, box, best=known)
+        for k in self.relus:
+            d.lower[k], d.upper[k] = layers.pre[k]
+
+    def _root_domains(self) -> _Domains:
+        lower = {k: self.root.pre[k][0].clone() for k in self.relus}
+        upper = {k: self.root.pre[k][1].clone() for k in self.relus}
+        split = {k: torch.zeros(v.shape, dtype=torch.int8, device=v.device) for k, v in lower.items()}
+        alpha = {k: self.root.relax.relu[k].lower_slope.clone() for k in self.relus}
+        beta = {k: torch.zeros_like(v) for k, v in lower.items()}
+        lam = {k: torch.zeros_like(v) for k, v in lower.items()}
+        bound = torch.full((1,), -math.inf, dtype=self.net.dtype, device=self.net.device)
+        return _Domains(lower, upper, split, alpha, beta, lam, bound)
+
+    def _layers(self, d: _Domains) -> LayerBounds:
+        """Intermediate bounds of the domains: theirs at ReLUs, the root's (expanded) at max-pools."""
+        m = len(d)
+        relax = Relaxations()
+        pre = {}
+        for k, (lo, hi) in self.root.pre.items():
+            if k in d.lower:
+                pre[k] = (d.lower[k], d.upper[k])
+            else:
+                pre[k] = (lo.expand(m, -1), hi.expand(m, -1))
+            relax.add(self.net, k, pre[k])
+        return LayerBounds(pre, relax)
+
+    def _bound(
+        self, d: _Domains, spec: Tensor, iterations: int
+    ) -> tuple[Tensor, dict[int, Tensor], dict[int, Tensor], dict[int, Tensor], Tensor]:
+        """beta-CROWN lower bounds of ``spec · z`` on each domain, the optimised multipliers, the branching
+        coefficients and each domain's minimising box vertex."""
+        m = len(d)
+        box = Box(self.box.center.expand(m, -1), self.box.radius.expand(m, -1))
+        layers = self._layers(d)
+        spec_m = spec.expand(m, -1, -1)
+        alpha = {k: v.clone().unsqueeze(1).requires_grad_(True) for k, v in d.alpha.items()}
+        beta = {k: v.clone().unsqueeze(1).requires_grad_(True) for k, v in d.beta.items()}
+        signs = {k: v.to(self.net.dtype).unsqueeze(1) for k, v in d.split.items()}
+        best = torch.full((m,), -math.inf, dtype=self.net.dtype, device=self.net.device)
+        best_alpha = {k: v.detach().clone() for k, v in alpha.items()}
+        best_beta = {k: v.detach().clone() for k, v in beta.items()}
+        has_split = any(bool((v != 0).any()) for v in d.split.values())
+        params = [{"params": list(alpha.values()), "lr": self.settings.lr_alpha}]
+        if has_split:
+            params.append({"params": list(beta.values()), "lr": self.settings.lr_beta})
+        optimizer = torch.optim.Adam(params)
+        with torch.enable_grad():
+            for it in range(max(1, iterations)):
+                extra = {k: -beta[k] * signs[k] for k in beta} if has_split else None
+                lb = crown.final_bound(self.net, box, spec_m, layers, alpha, extra)[:, 0]
+                with torch.no_grad():
+                    improved = lb.detach() > best
+                    best = torch.where(improved, lb.detach(), best)
+                    for k in alpha:
+                        best_alpha[k][improved] = alpha[k].detach()[improved]
+                        best_beta[k][improved] = beta[k].detach()[improved]
+                if it == max(1, iterations) - 1:
+                    break
+                optimizer.zero_grad(set_to_none=True)
+                (-lb.sum()).backward()
+                optimizer.step()
+                with torch.no_grad():
+                    for t in alpha.values():
+                        t.clamp_(0.0, 1.0)
+                    for t in beta.values():
+                        t.clamp_(min=0.0)
+        # One pass with the best multipliers: branching coefficients and the primal vertex.
+        with torch.no_grad():
+            taps: dict[int, Tensor] = {}
+            extra = {k: -best_beta[k] * signs[k] for k in best_beta} if has_split else None
+            coeffs = spec_m.to(self.net.dtype)
+            a, _ = crown.backward(
+                self.net, coeffs, len(self.net.layers), layers.relax, best_alpha, extra, taps
+            )
+            first = self.net.layers[0]
+            a_x = first.back(a) if hasattr(first, "back") else a  # type: ignore[union-attr]
+            primal = torch.where(a_x[:, 0] > 0, box.lower, box.upper)
+        return (
+            best,
+            {k: v[:, 0] for k, v in best_alpha.items()},
+            {k: v[:, 0] for k, v in best_beta.items()},
+            {k: v[:, 0] for k, v in taps.items()},
+            primal,
+        )
+
+    def _branch(self, d: _Domains) -> tuple[_Domains | None, _Domains]:
+        """Two children per domain, split on its best-scoring free unstable neuron; and the domains that have
+        no free unstable neuron left."""
+        scores = []
+        for k in self.relus:
+            lo, hi = d.lower[k], d.upper[k]
+            free = (lo < 0) & (hi > 0) & (d.split[k] == 0)
+            gap = hi * (-lo) / torch.where(free, hi - lo, torch.ones_like(hi))
+            # |lambda| * gap, and a tiny pull towards the widest triangle where every lambda is zero.
+            score = torch.where(free, d.lam[k].abs() * gap + 1e-9 * gap, torch.full_like(gap, -1.0))
+            scores.append(score)
+        top, flat_idx = torch.cat(scores, dim=1).max(dim=1)
+        keep = top >= 0
+        final = d.take(torch.nonzero(~keep).squeeze(1))
+        if not bool(keep.any()):
+            return None, final
+        if not bool(keep.all()):
+            d = d.take(torch.nonzero(keep).squeeze(1))
+            flat_idx = flat_idx[keep]
+        m = len(d)
+        rows = torch.arange(m, device=d.bound.device)
+        active, inactive = d.take(rows), d.take(rows)
+        offsets = np.cumsum([0] + [d.lower[k].shape[1] for k in self.relus])
+        for pos, k in enumerate(self.relus):
+            in_layer = (flat_idx >= int(offsets[pos])) & (flat_idx < int(offsets[pos + 1]))
+            if not bool(in_layer.any()):
+                continue
+            r, n = rows[in_layer], flat_idx[in_layer] - int(offsets[pos])
+            active.split[k][r, n] = 1
+            active.lower[k][r, n] = 0.0
+            inactive.split[k][r, n] = -1
+            inactive.upper[k][r, n] = 0.0
+        return _Domains.cat([active, inactive]), final
+
+    def _evaluate(
+        self, x: np.ndarray, w: Tensor, best: float, witness: np.ndarray | None
+    ) -> tuple[float, np.ndarray | None]:
+        lo, hi = self.box.lower.cpu().numpy(), self.box.upper.cpu().numpy()
+        x = np.clip(x.reshape(-1, self.input_dim), lo, hi)
+        t = torch.as_tensor(x).to(self.net.device, self.net.dtype)
+        return self._evaluate_tensor(t, w, best, witness)
+
+    def _evaluate_tensor(
+        self, x: Tensor, w: Tensor, best: float, witness: np.ndarray | None
+    ) -> tuple[float, np.ndarray | None]:
+        with torch.no_grad():
+            values = self.net.forward(x) @ w
+        k = int(values.argmax())
+        if float(values[k]) > best:
+            return float(values[k]), x[k].detach().cpu().double().numpy().copy()
+        return best, witness
+
+
+def _exact_level(best: float) -> float:
+    """Bounds up to this are 'no better than the incumbent' (MIP gap tolerances)."""
+    if not math.isfinite(best):
+        return -math.inf
+    return best + max(ABS_GAP, REL_GAP * abs(best))
