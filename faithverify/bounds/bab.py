@@ -52,6 +52,8 @@ from faithverify.bounds.milp.backends import Status
 from faithverify.bounds.milp.model import SolveResult
 from faithverify.bounds.torchnet import BoundNetwork, Relu
 
+# Relative slack of a leaf LP's split rows (see leaf_maximum): far above the LP's 1e-9 feasibility tolerance.
+_LEAF_SLACK = 1e-7
 # MIP-style gap tolerances: a bound this close to the incumbent counts as exact (the MILP uses the same).
 REL_GAP = 1e-4
 ABS_GAP = 1e-6
@@ -65,6 +67,7 @@ class BabSettings:
     lr_beta: float = 0.05
     max_domains: int = 50_000  # open domains kept; beyond this the run stops with its (sound) bound
     recompute_intermediate: bool = False  # CROWN bounds of later layers for every child (tighter, costlier)
+    candidates: int = 4  # neurons tried per split by filtered smart branching (1: the score alone)
 
 
 @dataclass
@@ -241,9 +244,10 @@ class NetworkBaB:
             order = torch.argsort(open_.bound)
             n_take = min(self.settings.batch, len(open_))
             chosen, rest = open_.take(order[:n_take]), open_.take(order[n_take:])
-            children, final = self._branch(chosen)
-            if len(final):  # nothing left to split in these: their bounds are as good as they get
-                closed = max(closed, float((-final.bound).max()))
+            children, final = self._branch(chosen, spec)
+            if len(final):  # every ReLU decided: the network is linear there, and an LP gives the exact max
+                leaf_bound, best, witness = self._leaves(final, w, best, witness)
+                closed = max(closed, leaf_bound)
             if children is None:
                 open_ = rest
                 continue
@@ -368,9 +372,9 @@ class NetworkBaB:
             primal,
         )
 
-    def _branch(self, d: _Domains) -> tuple[_Domains | None, _Domains]:
-        """Two children per domain, split on its best-scoring free unstable neuron; and the domains that have
-        no free unstable neuron left."""
+    def _branch(self, d: _Domains, spec: Tensor) -> tuple[_Domains | None, _Domains]:
+        """Two children per domain, split on the neuron chosen by filtered smart branching; and the domains
+        that have no free unstable neuron left."""
         scores = []
         for k in self.relus:
             lo, hi = d.lower[k], d.upper[k]
@@ -379,14 +383,34 @@ class NetworkBaB:
             # |lambda| * gap, and a tiny pull towards the widest triangle where every lambda is zero.
             score = torch.where(free, d.lam[k].abs() * gap + 1e-9 * gap, torch.full_like(gap, -1.0))
             scores.append(score)
-        top, flat_idx = torch.cat(scores, dim=1).max(dim=1)
-        keep = top >= 0
+        all_scores = torch.cat(scores, dim=1)
+        keep = all_scores.max(dim=1).values >= 0
         final = d.take(torch.nonzero(~keep).squeeze(1))
         if not bool(keep.any()):
             return None, final
         if not bool(keep.all()):
             d = d.take(torch.nonzero(keep).squeeze(1))
-            flat_idx = flat_idx[keep]
+            all_scores = all_scores[keep]
+        k_cand = min(self.settings.candidates, all_scores.shape[1])
+        top, cand = all_scores.topk(k_cand, dim=1)  # [m, K]
+        if k_cand == 1:
+            chosen = cand[:, 0]
+        else:
+            # Filtered smart branching (De Palma et al., 2021): bound both children of each candidate with one
+            # cheap pass (the parent's multipliers) and split where the worse child is best.
+            m = len(d)
+            rep = d.take(torch.arange(m, device=d.bound.device).repeat(k_cand))
+            act, ina = self._split(rep, cand.T.reshape(-1))
+            with torch.no_grad():
+                both = self._quick_bound(_Domains.cat([act, ina]), spec)
+            worse = torch.minimum(both[: len(rep)], both[len(rep) :]).reshape(k_cand, m)
+            worse = torch.where(top.T >= 0, worse, torch.full_like(worse, -math.inf))
+            chosen = cand.gather(1, worse.argmax(dim=0, keepdim=True).T)[:, 0]
+        active, inactive = self._split(d, chosen)
+        return _Domains.cat([active, inactive]), final
+
+    def _split(self, d: _Domains, flat_idx: Tensor) -> tuple[_Domains, _Domains]:
+        """Copies of the domains with neuron ``flat_idx`` (over all ReLU layers) fixed active / inactive."""
         m = len(d)
         rows = torch.arange(m, device=d.bound.device)
         active, inactive = d.take(rows), d.take(rows)
@@ -400,7 +424,31 @@ class NetworkBaB:
             active.lower[k][r, n] = 0.0
             inactive.split[k][r, n] = -1
             inactive.upper[k][r, n] = 0.0
-        return _Domains.cat([active, inactive]), final
+        return active, inactive
+
+    def _quick_bound(self, d: _Domains, spec: Tensor) -> Tensor:
+        """One beta-CROWN pass with the domains' own multipliers (no optimisation)."""
+        m = len(d)
+        box = Box(self.box.center.expand(m, -1), self.box.radius.expand(m, -1))
+        extra = {k: -(d.beta[k] * d.split[k].to(self.net.dtype)).unsqueeze(1) for k in d.beta}
+        alpha = {k: v.unsqueeze(1) for k, v in d.alpha.items()}
+        return crown.final_bound(self.net, box, spec.expand(m, -1, -1), self._layers(d), alpha, extra)[:, 0]
+
+    def _leaves(
+        self, d: _Domains, w: Tensor, best: float, witness: np.ndarray | None
+    ) -> tuple[float, float, np.ndarray | None]:
+        """The largest bound over domains with every ReLU decided: each domain's own bound, or the exact LP
+        maximum over its region where that is smaller; the LP optima are incumbents too."""
+        bounds = (-d.bound).tolist()
+        for m in range(len(d)):  # (few: most domains are closed long before every ReLU is split)
+            exact = leaf_maximum(self.net, self.box, d.lower, d.upper, d.split, m, w)
+            if exact is None:
+                continue
+            value, x = exact
+            bounds[m] = min(bounds[m], value)
+            if x is not None:
+                best, witness = self._evaluate(x, w, best, witness)
+        return max(bounds), best, witness
 
     def _evaluate(
         self, x: np.ndarray, w: Tensor, best: float, witness: np.ndarray | None
@@ -426,3 +474,83 @@ def _exact_level(best: float) -> float:
     if not math.isfinite(best):
         return -math.inf
     return best + max(ABS_GAP, REL_GAP * abs(best))
+
+
+def leaf_maximum(
+    net: BoundNetwork,
+    box: Box,
+    lower: dict[int, Tensor],
+    upper: dict[int, Tensor],
+    split: dict[int, Tensor],
+    m: int,
+    w: Tensor,
+) -> tuple[float, np.ndarray | None] | None:
+    """``max w · z(x)`` over domain ``m`` when every ReLU is decided there: the network is one affine map on the
+    region ``{x in box : s · z_k(x) >= 0 for every split neuron}``, so the maximum is an LP (HiGHS). Each split
+    row is relaxed by a small slack, so the LP's region contains the true one despite rounding: its optimum
+    plus the MILP's soundness margin is a sound upper bound, and "infeasible" means the domain is empty
+    (``-inf``, no maximiser). None where the LP does not apply (an undecided max-pool) or does not finish."""
+    import highspy
+
+    from faithverify.bounds.milp.backends import DUAL_FEASIBILITY_TOL, PRIMAL_FEASIBILITY_TOL, new_highs
+    from faithverify.bounds.milp.model import soundness_margin
+    from faithverify.bounds.torchnet import Affine, MaxPool
+
+    dim = net.input_dim
+    lin = torch.eye(dim, dtype=net.dtype, device=net.device)  # h = lin @ x + off, as rows
+    off = torch.zeros(dim, dtype=net.dtype, device=net.device)
+    rows: list[Tensor] = []
+    rhs: list[Tensor] = []
+    for k, layer in enumerate(net.layers):
+        if isinstance(layer, Affine):
+            lin = layer.weight @ lin
+            off = layer.forward(off.unsqueeze(0))[0]
+        elif isinstance(layer, Relu):
+            if k in lower:
+                lo, hi, s = lower[k][m], upper[k][m], split[k][m]
+            else:  # a ReLU branch and bound does not track (the first layer of a ReLU-first net): decided?
+                return None
+            if bool(((lo < 0) & (hi > 0) & (s == 0)).any()):
+                return None
+            sign = s.to(net.dtype)
+            chosen = sign != 0
+            if bool(chosen.any()):
+                rows.append(sign[chosen, None] * lin[chosen])
+                rhs.append(-sign[chosen] * off[chosen])
+            active = (lo >= 0) | (s > 0)
+            lin = lin * active[:, None].to(net.dtype)
+            off = off * active.to(net.dtype)
+        else:
+            assert isinstance(layer, MaxPool)
+            return None
+    objective = (w @ lin).cpu().numpy()
+    constant = float(w @ off)
+    lo_x, hi_x = box.lower[0].cpu().numpy(), box.upper[0].cpu().numpy()
+    h = new_highs()
+    for key, value in {
+        "threads": 1,
+        "primal_feasibility_tolerance": PRIMAL_FEASIBILITY_TOL,
+        "dual_feasibility_tolerance": DUAL_FEASIBILITY_TOL,
+    }.items():
+        h.setOptionValue(key, value)
+    h.addVars(dim, lo_x, hi_x)
+    h.changeColsCost(dim, np.arange(dim, dtype=np.int32), objective)
+    h.changeObjectiveSense(highspy.ObjSense.kMaximize)
+    if rows:
+        a = torch.cat(rows).cpu().numpy()
+        b = torch.cat(rhs).cpu().numpy()
+        slack = _LEAF_SLACK * (1.0 + np.abs(a) @ np.maximum(np.abs(lo_x), np.abs(hi_x)) + np.abs(b))
+        nz = a != 0
+        starts = np.concatenate([[0], np.cumsum(nz.sum(axis=1))[:-1]]).astype(np.int32)
+        cols = np.nonzero(nz)[1].astype(np.int32)
+        h.addRows(len(a), b - slack, np.full(len(a), np.inf), int(nz.sum()), starts, cols, a[nz])
+    h.run()
+    status = h.getModelStatus()
+    if status == highspy.HighsModelStatus.kInfeasible:
+        return -math.inf, None
+    if status != highspy.HighsModelStatus.kOptimal:
+        return None
+    value = float(h.getInfo().objective_function_value) + constant
+    total = float(np.sum(hi_x - lo_x))
+    x = np.clip(np.asarray(h.getSolution().col_value, dtype=np.float64), lo_x, hi_x)
+    return value + soundness_margin(value, total), x
