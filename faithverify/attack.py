@@ -7,11 +7,24 @@ in the real-valued box B = {x : |x - x0|_inf <= eps} ∩ domain.
 
 from __future__ import annotations
 
+import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 from torch import nn
+
+from faithverify.attack_config import PGDConfig
+
+__all__ = [
+    "PGDConfig",
+    "faithfulness_attack",
+    "float32_box",
+    "input_box",
+    "maximize_in_box",
+    "robustness_attacks",
+]
 
 
 def input_box(
@@ -32,19 +45,6 @@ def float32_box(lower: np.ndarray, upper: np.ndarray) -> tuple[np.ndarray, np.nd
 
 
 @dataclass(frozen=True)
-class PGDConfig:
-    """L-inf PGD with sign steps. ``step_size`` defaults to ``2.5 * eps / steps`` (Madry et al.)."""
-
-    steps: int = 50
-    restarts: int = 3
-    step_size: float | None = None
-    seed: int = 0
-
-    def step_for(self, eps: float) -> float:
-        return self.step_size if self.step_size is not None else 2.5 * eps / max(1, self.steps)
-
-
-@dataclass(frozen=True)
 class FaithfulnessAttackResult:
     witness: np.ndarray  # float32 [N, *shape], inside the box
     gap: np.ndarray  # float64 [N]: ||f_t - f_s||_inf at the witness (torch, float32)
@@ -60,6 +60,82 @@ def _random_start(lo: torch.Tensor, hi: torch.Tensor, generator: torch.Generator
     return lo + u * (hi - lo)
 
 
+def _checkpoints(steps: int) -> set[int]:
+    """APGD's checkpoints (Croce and Hein, 2020): p_0 = 0, p_1 = 0.22, p_{j+1} = p_j + max(p_j - p_{j-1} - 0.03,
+    0.06), as iteration numbers."""
+    p = [0.0, 0.22]
+    while p[-1] < 1:
+        p.append(p[-1] + max(p[-1] - p[-2] - 0.03, 0.06))
+    return {math.ceil(q * steps) for q in p[1:] if q < 1}
+
+
+def maximize_in_box(
+    objective: Callable[[torch.Tensor], torch.Tensor],
+    starts: torch.Tensor,
+    lo: torch.Tensor,
+    hi: torch.Tensor,
+    steps: int,
+    step_size: float | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """APGD-style signed-gradient ascent of ``objective`` (per-sample ``[B]``) from ``starts`` ``[B, ...]`` within
+    the box ``[lo, hi]``; returns the best iterate of each sample and its value.
+
+    The step starts at ``2 * (hi - lo) / 2`` per input (APGD's ``2 eps``) with momentum 0.75, and halves at
+    APGD's checkpoints for every sample whose best value did not improve since the last one (it then restarts
+    from its best point). ``step_size`` fixes the step instead (in units of the half-width), no momentum.
+    """
+    half = (hi - lo) / 2
+    shape = (len(starts),) + (1,) * (starts.dim() - 1)
+    scale = torch.full(
+        shape, 2.0 if step_size is None else step_size, dtype=starts.dtype, device=starts.device
+    )
+    checkpoints = _checkpoints(steps) if step_size is None else set()
+    x = starts.clone()
+    prev = x.clone()
+    best_x = x.clone()
+    with torch.no_grad():
+        best = objective(x)
+    at_checkpoint = best.clone()
+    for it in range(steps):
+        x.requires_grad_(True)
+        value = objective(x)
+        (grad,) = torch.autograd.grad(value.sum(), x)
+        with torch.no_grad():
+            value = value.detach()
+            improved = value > best
+            best = torch.where(improved, value, best)
+            best_x[improved] = x.detach()[improved]
+            z = torch.minimum(torch.maximum(x.detach() + scale * half * grad.sign(), lo), hi)
+            if step_size is None and it > 0:
+                z = x.detach() + 0.75 * (z - x.detach()) + 0.25 * (x.detach() - prev)
+                z = torch.minimum(torch.maximum(z, lo), hi)
+            prev, x = x.detach(), z
+            if it + 1 in checkpoints:
+                stalled = best <= at_checkpoint
+                scale[stalled] = scale[stalled] / 2
+                x[stalled] = best_x[stalled]
+                prev[stalled] = best_x[stalled]
+                at_checkpoint = best.clone()
+    with torch.no_grad():
+        value = objective(x)
+        improved = value > best
+        best = torch.where(improved, value, best)
+        best_x[improved] = x[improved]
+    return best_x, best
+
+
+def _candidate_classes(teacher: nn.Module, student: nn.Module, x: torch.Tensor, k: int) -> torch.Tensor:
+    """``[N, k]``: per point the class of the largest gap at ``x``, then the most likely classes under either
+    network (without repeats)."""
+    with torch.no_grad():
+        pt, ps = torch.softmax(teacher(x), -1), torch.softmax(student(x), -1)
+    c = pt.shape[-1]
+    k = min(k, c)
+    score = torch.maximum(pt, ps)
+    score = score + 2.0 * torch.nn.functional.one_hot((pt - ps).abs().argmax(-1), c).to(score.dtype)
+    return score.topk(k, dim=-1).indices
+
+
 def faithfulness_attack(
     teacher: nn.Module,
     student: nn.Module,
@@ -70,40 +146,68 @@ def faithfulness_attack(
     eps: float,
     device: torch.device | str = "cpu",
 ) -> FaithfulnessAttackResult:
-    """Maximise ``||f_t(x) - f_s(x)||_inf`` over each box (paper §4.1); the best iterate of all restarts wins.
+    """Maximise ``||f_t(x) - f_s(x)||_inf`` over each box (paper §4.1), one objective at a time.
 
-    Restart 0 starts at ``x0`` (clipped into the box); the others at uniform random points of the box.
+    ``||f_t - f_s||_inf`` is the largest of ``±(f_t,c - f_s,c)`` over classes ``c``; attacking each of these
+    smooth objectives on its own (for the ``config.classes`` candidate classes and both signs, plus the
+    non-smooth maximum itself) finds larger gaps than ascending the maximum alone, whose gradient only ever
+    sees the class that is largest at the current iterate. Every objective runs ``config.restarts`` times (from
+    ``x0``, then from random points), all batched; the best iterate of all runs wins. ``eps`` is unused (the box
+    says everything); it is kept for callers.
     """
+    del eps
     lo32, hi32 = float32_box(lower, upper)
     lo = torch.from_numpy(lo32).to(device)
     hi = torch.from_numpy(hi32).to(device)
     start = torch.from_numpy(np.asarray(x0, dtype=np.float32)).to(device)
     start = torch.minimum(torch.maximum(start, lo), hi)
+    n = len(start)
     generator = torch.Generator().manual_seed(config.seed)
-    step = config.step_for(eps)
-    best_x = start.clone()
+    classes = _candidate_classes(teacher, student, start, config.classes)  # [N, K]
+    # Objectives: (class, sign) pairs, and -1 for the maximum over classes itself.
+    whole = torch.full((n, 1), -1, device=start.device, dtype=classes.dtype)
+    cls = torch.cat([classes, classes, whole], dim=1)  # [N, 2K+1]
+    sign = torch.cat([torch.ones_like(classes), -torch.ones_like(classes), -whole], dim=1)
+    n_obj = cls.shape[1]
+    runs = max(1, config.restarts)
+    # Copy b = (restart, objective, point).
+    point = torch.arange(n, device=start.device).repeat(runs * n_obj)
+    cls_b = cls.T.reshape(-1).repeat(runs)
+    sign_b = sign.T.reshape(-1).repeat(runs).to(start.dtype)
+    lo_b, hi_b = lo[point], hi[point]
+    starts = start[point].clone()
+    fresh = torch.arange(len(point), device=start.device) >= n * n_obj  # restarts after the first: random
+    if bool(fresh.any()):
+        starts[fresh] = _random_start(lo_b[fresh], hi_b[fresh], generator)
+    picked = cls_b.clamp(min=0)
+
+    def objective(x: torch.Tensor) -> torch.Tensor:
+        gap = _gap(teacher, student, x)
+        one = (gap.gather(-1, picked.unsqueeze(-1)).squeeze(-1)) * sign_b
+        return torch.where(cls_b >= 0, one, gap.abs().amax(dim=-1))
+
+    steps = config.steps if eps_positive(lo32, hi32) else 0
+    best_x, _ = maximize_in_box(objective, starts, lo_b, hi_b, steps, config.step_size)
     with torch.no_grad():
-        best_gap = _gap(teacher, student, start).abs().amax(dim=-1)
-    for restart in range(max(1, config.restarts)):
-        x = start.clone() if restart == 0 else _random_start(lo, hi, generator)
-        for _ in range(config.steps + 1):
-            x.requires_grad_(True)
-            objective = _gap(teacher, student, x).abs().amax(dim=-1)
-            (grad,) = torch.autograd.grad(objective.sum(), x)
-            with torch.no_grad():
-                improved = objective.detach() > best_gap
-                best_gap = torch.where(improved, objective.detach(), best_gap)
-                best_x[improved] = x.detach()[improved]
-                x = torch.minimum(torch.maximum(x.detach() + step * grad.sign(), lo), hi)
-            if step == 0:
-                break
-    with torch.no_grad():
-        final = _gap(teacher, student, best_x).abs()
+        gaps = _gap(teacher, student, best_x).abs()  # [B, C]
+        value = gaps.amax(dim=-1).reshape(runs * n_obj, n)
+        winner = value.argmax(dim=0)  # per point, which copy
+        chosen = winner * n + torch.arange(n, device=start.device)
+        witness = best_x[chosen]
+        # x0 itself is in the box too
+        at_x0 = _gap(teacher, student, start).abs()
+        use_x0 = at_x0.amax(-1) > gaps[chosen].amax(-1)
+        witness = torch.where(use_x0.reshape(-1, *[1] * (start.dim() - 1)), start, witness)
+        final = _gap(teacher, student, witness).abs()
     return FaithfulnessAttackResult(
-        witness=best_x.cpu().numpy(),
+        witness=witness.cpu().numpy(),
         gap=final.amax(dim=-1).double().cpu().numpy(),
         gap_class=final.argmax(dim=-1).cpu().numpy(),
     )
+
+
+def eps_positive(lo: np.ndarray, hi: np.ndarray) -> bool:
+    return bool(np.any(hi > lo))
 
 
 def _pgd_misclassify(
@@ -138,6 +242,33 @@ def _pgd_misclassify(
             if it < steps:
                 x = torch.minimum(torch.maximum(x.detach() + step * grad.sign(), lo), hi)
     return ok
+
+
+def robust_mask(
+    model: nn.Module,
+    x0: np.ndarray | torch.Tensor,
+    labels: np.ndarray | torch.Tensor,
+    eps: float,
+    *,
+    steps: int = 50,
+    seed: int = 0,
+    domain: tuple[float, float] = (0.0, 1.0),
+    device: torch.device | str = "cpu",
+) -> np.ndarray:
+    """The one definition of robustness a point gets everywhere (certify, model cards, the release gate): the
+    paper's PGD-50, step ``2.5 * eps / 50``, from a random start in the ball; the point is robust when the model
+    is right at ``x0`` and at every iterate."""
+    x0 = np.asarray(x0.cpu() if isinstance(x0, torch.Tensor) else x0)
+    lower, upper = input_box(x0, eps, domain)
+    lo32, hi32 = float32_box(lower, upper)
+    lo, hi = torch.from_numpy(lo32).to(device), torch.from_numpy(hi32).to(device)
+    x = torch.minimum(torch.maximum(torch.from_numpy(np.asarray(x0, np.float32)).to(device), lo), hi)
+    y = torch.as_tensor(np.asarray(labels, dtype=np.int64)).to(device)
+    with torch.no_grad():
+        ok = model(x).argmax(-1) == y
+    step = 2.5 * eps / max(1, steps)
+    gen = torch.Generator().manual_seed(seed)
+    return _pgd_misclassify(model, x, y, lo, hi, step, steps if eps > 0 else 0, gen, ok).cpu().numpy()
 
 
 @dataclass(frozen=True)

@@ -12,7 +12,10 @@ from typing import Any, TypeVar
 
 import click
 
+from faithverify.attack_config import PGDConfig
 from faithverify.errors import FaithverifyError
+
+_PGD = PGDConfig()  # the attack's defaults
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -174,16 +177,17 @@ def attack_options(seed: str) -> Callable[[F], F]:
         click.option(
             "--attack-steps",
             type=click.IntRange(min=0),
-            default=50,
+            default=_PGD.steps,
             show_default=True,
-            help="PGD steps for EmpLB (step size 2.5*eps/steps).",
+            help="Steps of each EmpLB attack run (APGD step schedule, one run per class, sign and restart).",
         ),
         click.option(
             "--restarts",
             type=click.IntRange(min=1),
-            default=3,
+            default=_PGD.restarts,
             show_default=True,
-            help="PGD restarts for EmpLB (the first from x0, the rest random).",
+            help="EmpLB attack runs per objective (the first from x0, the rest random). Points headed for "
+            "the refinement stage get 8 restarts of 200 steps.",
         ),
         click.option("--seed", type=int, default=0, show_default=True, help=seed),
     )

@@ -145,12 +145,25 @@ def test_pgd_cross_entropy_increases_loss() -> None:
     x_adv = pgd_cross_entropy(model, x0, y, cfg)
     with torch.no_grad():
         assert cross_entropy(model(x_adv), y) > cross_entropy(model(x0), y)
-    assert robust_accuracy(model, x0, y, cfg) <= accuracy(model, x0, y)
+    assert robust_accuracy(model, x0, y, 0.05) <= accuracy(model, x0, y)
 
 
 def test_evaluation_attack_settings() -> None:
     cfg = PGDConfig.evaluation(0.1)
     assert (cfg.eps, cfg.step, cfg.steps) == (0.1, pytest.approx(0.005), 50)
+
+
+def test_card_and_certify_share_one_robustness() -> None:
+    """A model card's robust accuracy and certify's robust flags are the same computation."""
+    from faithverify.attack import input_box, robustness_attacks
+
+    model, other = random_pair()
+    x0 = torch.rand(64, 12, generator=torch.Generator().manual_seed(2))
+    y = model(x0).argmax(1)
+    y[::3] = (y[::3] + 1) % 4  # some points wrong at x0 already
+    lower, upper = input_box(x0.numpy(), 0.1)
+    flags = robustness_attacks(model, other, x0.numpy(), y.numpy(), lower, upper, 0.1, steps=50, seed=0)
+    assert robust_accuracy(model, x0, y, 0.1, seed=0) == pytest.approx(flags.teacher_robust.mean())
 
 
 def test_eps_warmup_ramps_linearly() -> None:
@@ -226,7 +239,7 @@ def test_short_training_run_teacher_then_fd_student_then_export(tmp_path: Path) 
     result = train(teacher, AdversarialTraining(attack), train_set, test_set, FAST, progress_bar=False)
     assert len(result.history) == FAST.epochs and 1 <= result.best_epoch <= FAST.epochs  # 6 x 38 = 228 steps
     assert result.best_test_accuracy == accuracy(teacher, x_test, y_test) > max(0.95, before + 0.3)
-    assert robust_accuracy(teacher, x_test, y_test, PGDConfig.evaluation(0.1)) > 0.9
+    assert robust_accuracy(teacher, x_test, y_test, 0.1) > 0.9
 
     student = build_mlp(MLPSpec(20, (8,), 3))
     train(student, FaithfulDistillation(teacher, attack), train_set, test_set, FAST, progress_bar=False)

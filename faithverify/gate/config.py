@@ -25,7 +25,7 @@ Top level (all optional):
 
 ``[attack]`` (all optional), the PGD attacks behind EmpLB, agreement and robust accuracy:
 
-- ``steps`` (default 50) and ``restarts`` (default 3) of the EmpLB attack, ``seed`` (default 0),
+- ``steps`` (default 100) and ``restarts`` (default 2) of the EmpLB attack, ``seed`` (default 0),
   ``robustness_steps`` (default 50) of the agreement and robust-accuracy attacks.
 
 ``[[check]]``, one table per threshold (at least one). Every check has ``kind``, ``threshold`` and an optional
@@ -60,6 +60,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from faithverify.attack_config import PGDConfig
 from faithverify.data import KNOWN_DATASETS
 from faithverify.gate.kinds import KINDS, CheckKind
 from faithverify.gate.reader import GateConfigError, KeyLines, Table, located, show
@@ -82,10 +83,13 @@ class DataConfig:
     domain: tuple[float, float] = (0.0, 1.0)
 
 
+_PGD = PGDConfig()  # the one place the attack's defaults are set
+
+
 @dataclass(frozen=True)
 class AttackSettings:
-    steps: int = 50
-    restarts: int = 3
+    steps: int = _PGD.steps
+    restarts: int = _PGD.restarts
     seed: int = 0
     robustness_steps: int = 50
 
@@ -229,8 +233,8 @@ def _parse_data(t: Table, base: Path) -> DataConfig:
 def _parse_attack(t: Table) -> AttackSettings:
     t.reject_unknown(_ATTACK_KEYS)
     return AttackSettings(
-        steps=t.integer("steps", 50, 0) or 0,
-        restarts=t.integer("restarts", 3, 1) or 3,
+        steps=t.integer("steps", _PGD.steps, 0) or 0,
+        restarts=t.integer("restarts", _PGD.restarts, 1) or _PGD.restarts,
         seed=t.integer("seed", 0, 0) or 0,
         robustness_steps=t.integer("robustness_steps", 50, 1) or 50,
     )

@@ -1,6 +1,6 @@
 """Training of the shipped teacher/student pairs: architectures, PGD, losses, methods, the loop, ONNX export.
 
-Typical use (see ``scripts/train_mnist_pair.py``)::
+Typical use (``faithverify train-teacher`` and ``distill`` do this from a named recipe)::
 
     teacher = build("mnist-teacher")
     train(teacher, AdversarialTraining(PGDConfig(eps=0.2, step=0.05, steps=10)), train_set, test_set, cfg)

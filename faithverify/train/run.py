@@ -175,10 +175,7 @@ def train_recipe(
     try:
         # Table 6's grid (PGD-50 at every eps of the dataset's grid), plus the training radius.
         grid = sorted({*recipe.eval_eps, *([_card_eps(recipe)] if _card_eps(recipe) > 0 else [])})
-        robust = {}
-        for eps in grid:
-            gen = torch.Generator().manual_seed(recipe.seed)
-            robust[f"{eps:.6g}"] = robust_accuracy(model, x, y, PGDConfig.evaluation(eps), generator=gen)
+        robust = {f"{eps:.6g}": robust_accuracy(model, x, y, eps, seed=recipe.seed) for eps in grid}
         agreement = None
         if teacher is not None:
             with torch.no_grad():
