@@ -23,7 +23,7 @@ from faithverify.data import Dataset, fit_to_input_shape, load_dataset
 from faithverify.errors import ModelMismatchError
 from faithverify.onnx_io import load_model
 from faithverify.train.architectures import build, get_spec
-from faithverify.train.attacks import PGDConfig, accuracy, robust_accuracy
+from faithverify.train.attacks import accuracy, robust_accuracy
 from faithverify.train.export import check_onnx, export_onnx
 from faithverify.train.loop import train
 from faithverify.train.recipes import METHOD_TITLES, Recipe, get_recipe
