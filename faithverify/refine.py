@@ -39,12 +39,16 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
+import torch
 from torch import nn
 
+from faithverify.bounds.coupled import coupled_bound
+from faithverify.bounds.crown import Box, LayerBounds, intermediate_bounds
 from faithverify.bounds.milp import Solver
 from faithverify.bounds.milp.backends import Status
 from faithverify.bounds.portfolio import ExactSolver, Refiner
 from faithverify.bounds.softmax import LogitDiffBounds, softmax_bounds
+from faithverify.bounds.torchnet import BoundNetwork
 from faithverify.network import PiecewiseLinearNetwork
 
 _NEGLIGIBLE = 1e-9  # a bound this close to a value the network takes needs no solve
@@ -61,7 +65,9 @@ class RefineResult:
     seconds: float
     solver: str
     witnesses: list[np.ndarray] = field(default_factory=list)  # inputs of the solvers' incumbents
-    out_of_reach: bool = False  # with delta: no MILP bound could bring FaithUB down to delta (gave up early)
+    out_of_reach: bool = False  # with delta: no per-network bound could bring eq. 6 down to delta
+    coupled: float | None = None  # the coupled bound on the final per-network bounds (bounds/coupled.py)
+    eq6: float = 1.0  # eq. 6 on the final per-network bounds (faith_ub is the smaller of this and coupled)
 
 
 @dataclass
@@ -79,6 +85,14 @@ class _Side:
     cut: set[tuple[int, int]] = field(default_factory=set)  # (i, j): stopped early below a cut-off once
     inexact: set[tuple[int, int]] = field(default_factory=set)  # (i, j): final, a dual bound at a time limit
     _exact: ExactSolver | None = None
+    _net: BoundNetwork | None = None
+    _crown_layers: LayerBounds | None = None
+
+    @property
+    def net(self) -> BoundNetwork:
+        if self._net is None:
+            self._net = self._exact.network if self._exact is not None else BoundNetwork.of(self.form)
+        return self._net
 
     @property
     def exact(self) -> ExactSolver:
@@ -99,6 +113,16 @@ class _Side:
 
     def bounds(self) -> LogitDiffBounds:
         return LogitDiffBounds(lower=self.lower[None], upper=self.upper[None])
+
+    def layers(self) -> LayerBounds:
+        """Intermediate bounds over the box: the exact solver's (alpha-CROWN) where it was built, else CROWN's."""
+        if self._exact is not None:
+            return self._exact.root
+        if self._crown_layers is None:
+            lo, hi = (torch.from_numpy(b.reshape(1, -1)) for b in self.box)
+            with torch.no_grad():
+                self._crown_layers = intermediate_bounds(self.net, Box.of(lo, hi))[0]
+        return self._crown_layers
 
 
 def _terms(teacher: _Side, student: _Side) -> np.ndarray:
@@ -276,6 +300,8 @@ def refine_point(
         side.observe(seen)
         sides.append(side)
     teacher, student = sides
+    anchors = [x0_flat, *([] if starts is None else list(starts[:1]))]
+    coupled_hope: bool | None = None
     solves = 0
     witnesses: list[np.ndarray] = []
     while True:
@@ -283,13 +309,20 @@ def refine_point(
         worst = float(terms.max())
         if delta is not None and worst <= delta:
             break
+        if delta is not None and _coupled(teacher, student, [*anchors, *witnesses[-1:]]) <= delta:
+            break  # the coupled bound certifies what eq. 6 does not yet
         floor = _floor(teacher, student)
         if worst <= floor + _NEGLIGIBLE:  # no sound bound can lower FaithUB any further
             break
         if time.perf_counter() - start >= time_budget:
-            return _result(teacher, student, solves, True, start, witnesses)
+            return _result(teacher, student, solves, True, start, witnesses, anchors)
         if delta is not None and floor > delta:
-            return _result(teacher, student, solves, False, start, witnesses, out_of_reach=True)
+            # Eq. 6 cannot reach delta with any per-network bounds. The coupled bound still may, if these bounds
+            # were at the values the networks reach: keep solving then, else give up at once.
+            if coupled_hope is None:
+                coupled_hope = _coupled(teacher, student, anchors, optimistic=True) <= delta
+            if not coupled_hope:
+                return _result(teacher, student, solves, False, start, witnesses, anchors, out_of_reach=delta)
         # Only the largest term can lower FaithUB: its solves, the largest possible gain first. One solve alone
         # often cannot move a saturated term (any other loose bound keeps it at 1), so ties go to the loosest
         # bound; the term's solves run out only when all of its bounds are final.
@@ -336,7 +369,30 @@ def refine_point(
             witnesses.append(result.witness)
             for s in sides:
                 s.observe(result.witness[None])
-    return _result(teacher, student, solves, False, start, witnesses)
+    return _result(teacher, student, solves, False, start, witnesses, anchors)
+
+
+def _coupled(teacher: _Side, student: _Side, anchors: list[np.ndarray], optimistic: bool = False) -> float:
+    """The coupled FaithUB (bounds/coupled.py) on the two sides' current bounds; ``optimistic``: on the values
+    seen instead of every bound that is not final (not sound: what the coupled bound could reach at best)."""
+    lo, hi = (torch.from_numpy(b.reshape(1, -1)) for b in teacher.box)
+    points = [torch.from_numpy(np.clip(a.reshape(1, -1), *teacher.box)) for a in anchors]
+    diffs = (
+        (_optimistic_bounds(teacher), _optimistic_bounds(student))
+        if optimistic
+        else (teacher.bounds(), student.bounds())
+    )
+    layers = (teacher.layers(), student.layers())
+    result = coupled_bound((teacher.net, student.net), layers, diffs, Box.of(lo, hi), points)
+    return float(result.value[0])
+
+
+def _optimistic_bounds(side: _Side) -> LogitDiffBounds:
+    upper = side.upper.copy()
+    for i, j in np.ndindex(*upper.shape):
+        if i != j and (i, j) not in side.solved:
+            upper[i, j] = min(upper[i, j], side.reached[i, j])
+    return LogitDiffBounds(lower=-upper.T[None], upper=upper[None])
 
 
 def _result(
@@ -346,10 +402,14 @@ def _result(
     timed_out: bool,
     start: float,
     witnesses: list[np.ndarray],
-    out_of_reach: bool = False,
+    anchors: list[np.ndarray],
+    out_of_reach: float | None = None,
 ) -> RefineResult:
+    """The refinement's answer; ``out_of_reach``: the delta that eq. 6 was found unable to reach (reported as
+    out of reach unless the coupled bound reaches it after all)."""
     terms = _terms(teacher, student)
     value = float(terms.max())
+    coupled = _coupled(teacher, student, [*anchors, *witnesses[-1:]])
     # Exact: exact solves of every pair would give the same FaithUB. So it is at the floor, or when every bound
     # of the largest term is final and none of them is a dual bound left by a time limit.
     direction, cls = (int(k) for k in np.unravel_index(int(terms.argmax()), terms.shape))
@@ -358,6 +418,8 @@ def _result(
         for side, i, j in _term_bounds(cls, direction, teacher, student)
     )
     exact = value <= _floor(teacher, student) + _NEGLIGIBLE or (settled and not timed_out)
+    eq6 = value if math.isfinite(value) else 1.0
+    value = min(eq6, coupled)
     return RefineResult(
         faith_ub=value if math.isfinite(value) else 1.0,
         solves=solves,
@@ -366,5 +428,7 @@ def _result(
         seconds=time.perf_counter() - start,
         solver=teacher.solver_used() or student.solver_used() or "none",
         witnesses=witnesses,
-        out_of_reach=out_of_reach,
+        out_of_reach=out_of_reach is not None and value > out_of_reach,
+        coupled=coupled,
+        eq6=eq6,
     )

@@ -18,6 +18,10 @@ from faithverify.errors import ResultsFileError
 FORMAT_VERSION = 1
 
 
+# FaithUB - EmpLB at most this and a point's worst gap delta* is known (the issue's "exact" tolerance).
+EXACT_GAP = 1e-3
+
+
 @dataclass
 class PointResult:
     """Everything faithverify found out about one point at one eps."""
@@ -42,8 +46,13 @@ class PointResult:
     milp: dict[str, Any] | None = None  # the MILP stage: faith_ub, solves, exact, timed_out, solver
     witness: list[float] | None = None  # for a violated point: the input (flat) whose gap exceeds delta
 
+    @property
+    def exact(self) -> bool:
+        """delta* is known: the sound bound meets the gap of a witness re-checked by onnxruntime."""
+        return self.faith_ub - self.emp_lb <= EXACT_GAP
+
     def to_json(self) -> str:
-        return json.dumps({"kind": "point", **asdict(self)}, allow_nan=True)
+        return json.dumps({"kind": "point", **asdict(self), "exact": self.exact}, allow_nan=True)
 
     @staticmethod
     def from_dict(d: dict[str, Any]) -> PointResult:

@@ -141,13 +141,12 @@ def test_a_delta_out_of_reach_stops_without_solving(pair: Pair) -> None:
     # No bound can be tighter than the values at x0, where the gap already exceeds delta: nothing to solve.
     result = refine_point(tb, sb, lower, upper, tc, sc, x0, delta=clean_gap / 2, solver=Solver.HIGHS)
     assert result.out_of_reach and result.solves == 0 and not result.timed_out
-    # With a reachable delta the same point is refined with solves and never reported out of reach
-    # unless the bound it ends with is still above delta.
+    # With a delta that eq. 6 can reach, the same point is refined with solves and never reported out of
+    # reach unless the bound it ends with is still above delta.
     full = refine_point(tb, sb, lower, upper, tc, sc, x0, delta=None, solver=Solver.HIGHS)
-    reachable = refine_point(
-        tb, sb, lower, upper, tc, sc, x0, delta=full.faith_ub + 1e-3, solver=Solver.HIGHS
-    )
-    assert not reachable.out_of_reach and reachable.faith_ub <= full.faith_ub + 1e-3
+    assert full.faith_ub <= full.eq6 and (full.coupled is None or full.faith_ub <= full.coupled)
+    reachable = refine_point(tb, sb, lower, upper, tc, sc, x0, delta=full.eq6 + 1e-3, solver=Solver.HIGHS)
+    assert not reachable.out_of_reach and reachable.faith_ub <= full.eq6 + 1e-3
     sampled = sampled_max_gap(pair, x0, 0.15, samples=3000)[0]
     assert sampled <= min(result.faith_ub, full.faith_ub, reachable.faith_ub)
 
@@ -170,5 +169,6 @@ def test_selective_refinement_matches_solving_every_pair(pair: Pair, seed: int) 
         for body, crown in ((tb, tc), (sb, sc))
     ]
     every_pair = float(faithfulness_from_logit_bounds(*exact).value[0])
-    assert result.faith_ub == pytest.approx(every_pair, abs=1e-6)
+    assert result.eq6 == pytest.approx(every_pair, abs=1e-6)
+    assert result.faith_ub <= result.eq6  # the coupled bound may be tighter still, never looser
     assert result.solves < 2 * 4 * 3  # fewer solves than every ordered pair of both networks

@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from faithverify.bounds import crown
+from faithverify.bounds.coupled import CoupledBound, coupled_bound
 from faithverify.bounds.crown import Box, LayerBounds
 from faithverify.bounds.softmax import LogitDiffBounds, faithfulness_from_logit_bounds
 from faithverify.bounds.torchnet import BoundNetwork
@@ -29,6 +30,7 @@ class BoundMethod(StrEnum):
     IBP = "ibp"
     CROWN = "crown"
     ALPHA_CROWN = "alpha-crown"
+    COUPLED = "coupled"  # teacher and student bounded together (bounds/coupled.py), on the others' bounds
 
 
 class Engine(StrEnum):
@@ -161,6 +163,15 @@ class NetworkBounder:
             out[start:stop, self._rows, self._cols] = lb
         return LogitDiffBounds.from_lower(out)
 
+    def logit_diff_bounds_with_layers(
+        self, lower: torch.Tensor, upper: torch.Tensor, method: BoundMethod
+    ) -> tuple[LogitDiffBounds, LayerBounds | None]:
+        """``LogitDiffBounds`` for boxes ``[N, D]`` in one batch, and the intermediate bounds behind them."""
+        result = self.bound(lower, upper, self.spec, method)
+        out = np.zeros((len(lower), self.num_classes, self.num_classes))
+        out[:, self._rows, self._cols] = result.lower.numpy()
+        return LogitDiffBounds.from_lower(out), result.layers
+
 
 class PairBounder:
     """Logit-difference bounds for both networks of a pair, by any of the methods, and float32 copies of the
@@ -193,6 +204,40 @@ class PairBounder:
         t, s = (b.logit_diff_bounds(lo, hi, method, batch_size=len(lo)) for b in self.bounders)
         return t, s
 
+    def logit_bounds_with_layers(
+        self, lower: np.ndarray, upper: np.ndarray, method: BoundMethod
+    ) -> tuple[tuple[LogitDiffBounds, LayerBounds | None], tuple[LogitDiffBounds, LayerBounds | None]]:
+        """Per network: logit-difference bounds and the intermediate bounds behind them (None for IBP)."""
+        lo = torch.from_numpy(lower.reshape(len(lower), -1))
+        hi = torch.from_numpy(upper.reshape(len(upper), -1))
+        t, s = (b.logit_diff_bounds_with_layers(lo, hi, method) for b in self.bounders)
+        return t, s
+
     def faith_ub(self, lower: np.ndarray, upper: np.ndarray, method: BoundMethod) -> np.ndarray:
         """FaithUB per point for boxes given in the model's input shape (float64)."""
+        if method is BoundMethod.COUPLED:
+            lo = torch.from_numpy(lower.reshape(len(lower), -1))
+            hi = torch.from_numpy(upper.reshape(len(upper), -1))
+            (t, t_layers), (s, s_layers) = (
+                b.logit_diff_bounds_with_layers(lo, hi, BoundMethod.CROWN) for b in self.bounders
+            )
+            assert t_layers is not None and s_layers is not None
+            centre = ((lo + hi) / 2).to(self.bounders[0].device, self.bounders[0].dtype)
+            return self.coupled(lower, upper, (t, s), (t_layers, s_layers), [centre]).value
         return faithfulness_from_logit_bounds(*self.logit_bounds(lower, upper, method)).value
+
+    def coupled(
+        self,
+        lower: np.ndarray,
+        upper: np.ndarray,
+        diffs: tuple[LogitDiffBounds, LogitDiffBounds],
+        layers: tuple[LayerBounds, LayerBounds],
+        anchors: list[torch.Tensor],
+    ) -> CoupledBound:
+        """The coupled FaithUB (:mod:`.coupled`) on these per-network bounds, tangents at the ``anchors``."""
+        nets = (self.bounders[0].network, self.bounders[1].network)
+        dev, dtype = nets[0].device, nets[0].dtype
+        lo = torch.from_numpy(lower.reshape(len(lower), -1)).to(dev, dtype)
+        hi = torch.from_numpy(upper.reshape(len(upper), -1)).to(dev, dtype)
+        points = [a.reshape(len(lower), -1).to(dev, dtype) for a in anchors]
+        return coupled_bound(nets, layers, diffs, Box.of(lo, hi), points)

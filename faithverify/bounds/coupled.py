@@ -1,0 +1,204 @@
+"""A faithfulness bound that couples teacher and student through their shared input.
+
+Eq. 6 bounds ``sigma_t,i(x) - sigma_s,i(x)`` by ``max_x sigma_t,i - min_x sigma_s,i``: the two extremes are taken
+at different inputs, so even exact per-network bounds leave a floor above the true worst gap (when the student's
+confidence drops, the teacher's usually drops with it). Here the difference is bounded at one ``x`` at a time:
+
+1. **Softmax, relaxed linearly in the logit differences** ``d_j = z_j - z_i`` (``j != i``) over their intervals
+   ``[l_j, u_j]``, with ``sigma_i = g(S)``, ``g(S) = 1 / (1 + S)``, ``S = sum_j exp(d_j)``; ``g`` is convex and
+   decreasing, ``exp`` convex:
+
+   - upper line (the network on top): ``exp(d_j) >= e^{t_j} (1 + d_j - t_j)`` (a tangent, below the convex
+     ``exp``), so ``S >= L(d)``; and ``g(S) <= g(S_lo) + k (S - S_lo)`` on ``[S_lo, S_hi] = [sum e^{l_j},
+     sum e^{u_j}]`` (the chord of the convex ``g``, slope ``k <= 0``), which only grows when ``S`` is replaced
+     by the smaller ``L(d)``: ``sigma_i <= g(S_lo) + k (L(d) - S_lo)``;
+   - lower line (the network below): ``exp(d_j) <= m_j d_j + b_j`` (the chord of ``exp`` over ``[l_j, u_j]``),
+     so ``S <= U(d)``; and ``g(S) >= g(S_0) + g'(S_0) (S - S_0)`` (a tangent, below the convex ``g``), which only
+     shrinks when ``S`` is replaced by the larger ``U(d)`` (``g' < 0``): ``sigma_i >= g(S_0) + g'(S_0) (U(d) - S_0)``.
+
+   The tangent points ``t_j`` and ``S_0`` are free: any choice is sound. They are taken at an anchor input
+   (``x0`` and the attack's witness; the smaller bound wins).
+
+2. **One linear form of both networks' logits**: step 1 gives ``sigma_t,i(x) - sigma_s,i(x) <= c_t · z_t(x) +
+   c_s · z_s(x) + k0``. Each network's part is pushed back to the input by CROWN with its own intermediate
+   bounds, and the two input forms are **added before** the box is minimised over: where teacher and student
+   respond alike to ``x``, their input terms cancel. Eq. 6 would concretise each part on its own.
+
+The result is intersected with eq. 6 term by term, so it is never looser. Floating point: the logit-difference
+intervals are the widened ones of :mod:`faithverify.bounds.softmax`, the propagation runs in float64, and the
+result gets the margin of :func:`coupled_margin`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from faithverify.bounds import crown
+from faithverify.bounds.crown import Box, LayerBounds
+from faithverify.bounds.softmax import (
+    LOGIT_MARGIN,
+    RELATIVE_MARGIN,
+    FaithfulnessBound,
+    LogitDiffBounds,
+    faithfulness_bound,
+    softmax_bounds,
+)
+from faithverify.bounds.torchnet import BoundNetwork
+
+# Logit differences are clipped here before exp: a term with a difference this large has a softmax bound of 0
+# or 1 already, and the clip only loosens the relaxation (the interval still contains the true values).
+_EXP_CLIP = 60.0
+
+
+def coupled_margin(d_abs_max: np.ndarray) -> np.ndarray:
+    """Float32 evaluation can move each logit difference by ``LOGIT_MARGIN + RELATIVE_MARGIN |d|``; a softmax
+    output moves by at most a quarter of the sum of those moves (``|d sigma_i / d d_j| <= 1/4`` summed over
+    ``j`` is at most ``sigma_i (1 - sigma_i) <= 1/4`` per unit), for each of the two networks, plus rounding."""
+    return 2 * 0.25 * (LOGIT_MARGIN + RELATIVE_MARGIN * d_abs_max) + 1e-12
+
+
+@dataclass(frozen=True)
+class CoupledBound:
+    """Per point: the coupled FaithUB (never above eq. 6), eq. 6 itself, and per term which one won."""
+
+    value: np.ndarray  # [N]
+    eq6: np.ndarray  # [N]
+    per_term: np.ndarray  # [N, 2, C]: min(eq. 6 term, coupled term); row 0 teacher above, row 1 student above
+    coupled_won: np.ndarray  # bool [N]: the coupled bound is below eq. 6 for this point
+
+
+def _sigma_upper(lo: Tensor, hi: Tensor, t: Tensor) -> tuple[Tensor, Tensor]:
+    """Upper line of ``sigma_i`` over ``d in [lo, hi]`` (``[N, J]``), tangents at ``t``: (slopes over ``d``,
+    constant)."""
+    s_lo, s_hi = lo.exp().sum(-1), hi.exp().sum(-1)
+    g_lo, g_hi = 1 / (1 + s_lo), 1 / (1 + s_hi)
+    wide = s_hi > s_lo
+    k = torch.where(wide, (g_hi - g_lo) / torch.where(wide, s_hi - s_lo, 1.0), torch.zeros_like(s_lo))
+    et = t.exp()
+    slopes = k.unsqueeze(-1) * et
+    const = g_lo + k * ((et * (1 - t)).sum(-1) - s_lo)
+    return slopes, const
+
+
+def _sigma_lower(lo: Tensor, hi: Tensor, s0: Tensor) -> tuple[Tensor, Tensor]:
+    """Lower line of ``sigma_i`` over ``d in [lo, hi]``, the tangent of ``g`` at ``s0``: (slopes, constant)."""
+    e_lo, e_hi = lo.exp(), hi.exp()
+    wide = hi > lo
+    m = torch.where(wide, (e_hi - e_lo) / torch.where(wide, hi - lo, 1.0), torch.zeros_like(lo))
+    b = e_lo - m * lo
+    g0 = 1 / (1 + s0)
+    dg = -(g0**2)
+    slopes = dg.unsqueeze(-1) * m
+    const = g0 + dg * (b.sum(-1) - s0)
+    return slopes, const
+
+
+def _others(c: int) -> Tensor:
+    """``[C, C-1]``: the classes other than each ``i``, in order."""
+    return torch.tensor([[j for j in range(c) if j != i] for i in range(c)], dtype=torch.long)
+
+
+def _logit_form(slopes: Tensor, others: Tensor, c: int) -> Tensor:
+    """Coefficients over the logits of ``sum_j slopes_j (z_j - z_i)``: ``[N, C(i), C(logit)]``."""
+    n = slopes.shape[0]
+    coeffs = torch.zeros(n, c, c, dtype=slopes.dtype, device=slopes.device)
+    coeffs.scatter_add_(2, others.unsqueeze(0).expand(n, -1, -1), slopes)
+    idx = torch.arange(c, device=slopes.device)
+    coeffs[:, idx, idx] -= slopes.sum(-1)
+    return coeffs
+
+
+def _input_form(net: BoundNetwork, layers: LayerBounds, coeffs: Tensor) -> tuple[Tensor, Tensor]:
+    """``coeffs · z(x) >= A · x + c`` over the box (CROWN, the given intermediate bounds): ``(A, c)``."""
+    a, const = crown.backward(net, coeffs, len(net.layers), layers.relax)
+    first = net.layers[0]
+    assert isinstance(first, crown.Affine)
+    return first.back(a), const + a @ first.bias
+
+
+def _d_at(net: BoundNetwork, x: Tensor, others: Tensor) -> Tensor:
+    """``[N, C, C-1]``: ``z_j(x) - z_i(x)`` at the anchors."""
+    z = net.forward(x)
+    return z.unsqueeze(1).expand(-1, z.shape[1], -1).gather(
+        2, others.unsqueeze(0).expand(len(z), -1, -1)
+    ) - z.unsqueeze(-1)
+
+
+def coupled_terms(
+    nets: tuple[BoundNetwork, BoundNetwork],
+    layers: tuple[LayerBounds, LayerBounds],
+    diffs: tuple[LogitDiffBounds, LogitDiffBounds],
+    box: Box,
+    anchor: Tensor,
+) -> Tensor:
+    """Coupled upper bounds ``[N, 2, C]`` on ``sigma_t,i - sigma_s,i`` (row 0) and ``sigma_s,i - sigma_t,i``
+    (row 1), tangents taken at ``anchor`` ``[N, D]`` (module docstring)."""
+    dtype, device = box.center.dtype, box.center.device
+    c = nets[0].output_dim
+    others = _others(c).to(device)
+    lo_hi = []
+    for d in diffs:
+        w = d.widened()
+        lo = (
+            torch.from_numpy(w.lower)
+            .to(device, dtype)
+            .gather(2, others.unsqueeze(0).expand(len(w.lower), -1, -1))
+        )
+        hi = (
+            torch.from_numpy(w.upper)
+            .to(device, dtype)
+            .gather(2, others.unsqueeze(0).expand(len(w.upper), -1, -1))
+        )
+        lo_hi.append((lo.clamp(-_EXP_CLIP, _EXP_CLIP), hi.clamp(-_EXP_CLIP, _EXP_CLIP)))
+    at = [_d_at(net, anchor, others) for net in nets]
+    out = []
+    for top, low in ((0, 1), (1, 0)):
+        (lo_a, hi_a), (lo_b, hi_b) = lo_hi[top], lo_hi[low]
+        t = torch.minimum(torch.maximum(at[top], lo_a), hi_a)
+        s0 = torch.minimum(torch.maximum(at[low].clamp(max=_EXP_CLIP).exp().sum(-1), lo_b.exp().sum(-1)),
+                           hi_b.exp().sum(-1))  # fmt: skip
+        up_slopes, up_const = _sigma_upper(lo_a, hi_a, t)  # [N, C, C-1], [N, C]
+        low_slopes, low_const = _sigma_lower(lo_b, hi_b, s0)
+        coeffs_a = _logit_form(
+            up_slopes, others, c
+        )  # upper bound of sigma_top <= coeffs_a · z_top + up_const
+        coeffs_b = _logit_form(low_slopes, others, c)  # sigma_low >= coeffs_b · z_low + low_const
+        # term <= coeffs_a · z_top - coeffs_b · z_low + (up_const - low_const): minimise the negation jointly.
+        a_top, k_top = _input_form(nets[top], layers[top], -coeffs_a)
+        a_low, k_low = _input_form(nets[low], layers[low], coeffs_b)
+        a = a_top + a_low
+        lower = (a @ box.center.unsqueeze(-1)).squeeze(-1) - (a.abs() @ box.radius.unsqueeze(-1)).squeeze(-1)
+        out.append(-(lower + k_top + k_low) + up_const - low_const)
+    return torch.stack(out, dim=1)
+
+
+def coupled_bound(
+    nets: tuple[BoundNetwork, BoundNetwork],
+    layers: tuple[LayerBounds, LayerBounds],
+    diffs: tuple[LogitDiffBounds, LogitDiffBounds],
+    box: Box,
+    anchors: list[Tensor],
+) -> CoupledBound:
+    """FaithUB with each eq. 6 term replaced by the coupled bound where that is smaller (module docstring);
+    ``anchors``: candidate tangent points ``[N, D]`` each (the best of them counts, per term)."""
+    eq6: FaithfulnessBound = faithfulness_bound(
+        softmax_bounds(diffs[0].widened()), softmax_bounds(diffs[1].widened())
+    )
+    t_sm, s_sm = softmax_bounds(diffs[0].widened()), softmax_bounds(diffs[1].widened())
+    eq6_terms = np.clip(np.stack([t_sm.upper - s_sm.lower, s_sm.upper - t_sm.lower], axis=1), 0.0, 1.0)
+    with torch.no_grad():
+        best = None
+        for anchor in anchors:
+            terms = coupled_terms(nets, layers, diffs, box, anchor.to(box.center.dtype)).cpu().numpy()
+            best = terms if best is None else np.minimum(best, terms)
+    assert best is not None
+    d_max = np.maximum(np.abs(diffs[0].lower), np.abs(diffs[0].upper)).max(axis=(1, 2))
+    d_max = np.maximum(d_max, np.maximum(np.abs(diffs[1].lower), np.abs(diffs[1].upper)).max(axis=(1, 2)))
+    best = np.nan_to_num(best, nan=1.0, posinf=1.0) + coupled_margin(d_max)[:, None, None]
+    per_term = np.clip(np.minimum(eq6_terms, best), 0.0, 1.0)
+    value = per_term.max(axis=(1, 2))
+    return CoupledBound(value=value, eq6=eq6.value, per_term=per_term, coupled_won=value < eq6.value - 1e-12)
