@@ -303,7 +303,8 @@ def finish_refinement(
     record.milp = {
         "faith_ub": result.faith_ub, "solves": result.solves, "exact": result.exact,
         "timed_out": result.timed_out, "out_of_reach": result.out_of_reach, "solver": result.solver,
-        "refiners": key,
+        "refiners": key, "eq6": result.eq6, "coupled": result.coupled,
+        "won": "coupled" if result.coupled is not None and result.coupled < result.eq6 else "eq6",
     }  # fmt: skip
     record.seconds[key] = result.seconds
     if config.delta is not None:

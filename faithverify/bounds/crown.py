@@ -179,7 +179,8 @@ def concretize(net: BoundNetwork, coeffs: Tensor, const: Tensor, box: Box) -> Te
     parts = []
     for s in range(0, n, chunk):
         full = first.back(coeffs[s : s + chunk])  # [chunk, R, D]
-        parts.append((full.abs() @ box.radius[s : s + chunk].unsqueeze(-1)).squeeze(-1))
+        full = full.abs() if full.requires_grad else full.abs_()
+        parts.append((full @ box.radius[s : s + chunk].unsqueeze(-1)).squeeze(-1))
     return const + centre_term - torch.cat(parts)
 
 
