@@ -10,7 +10,6 @@ point is finished.
 
 from __future__ import annotations
 
-import copy
 import multiprocessing
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -20,7 +19,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch import nn
 
 from faithverify.attack import PGDConfig, faithfulness_attack, input_box, robustness_attacks
 from faithverify.bounds.bounder import BoundMethod, PairBounder, resolve_device
@@ -28,6 +26,7 @@ from faithverify.bounds.crown import LayerBounds
 from faithverify.bounds.milp import Solver
 from faithverify.bounds.portfolio import Refiner
 from faithverify.bounds.softmax import LogitDiffBounds, faithfulness_from_logit_bounds
+from faithverify.network import PiecewiseLinearNetwork
 from faithverify.pair import Pair
 from faithverify.refine import RefineResult, refine_point
 from faithverify.results import PointResult
@@ -252,26 +251,28 @@ def _decider(verdict: Verdict, bound_method: str) -> str | None:
 
 # --- the MILP stage -------------------------------------------------------------------------------------------
 
-_WORKER_BODIES: tuple[nn.Module, nn.Module] | None = None
+_WORKER_FORMS: tuple[PiecewiseLinearNetwork, PiecewiseLinearNetwork] | None = None
 
 
-def _init_worker(bodies: tuple[nn.Module, nn.Module]) -> None:
-    global _WORKER_BODIES
+def _init_worker(forms: tuple[PiecewiseLinearNetwork, PiecewiseLinearNetwork]) -> None:
+    global _WORKER_FORMS
     torch.set_num_threads(1)
-    _WORKER_BODIES = bodies
+    _WORKER_FORMS = forms
 
 
 def _refine_in_worker(args: tuple[int, PendingRefinement, CertifyConfig]) -> tuple[int, RefineResult]:
     key, item, config = args
-    assert _WORKER_BODIES is not None
-    return key, _refine(_WORKER_BODIES, item, config)
+    assert _WORKER_FORMS is not None
+    return key, _refine(_WORKER_FORMS, item, config)
 
 
 def _refine(
-    bodies: tuple[nn.Module, nn.Module], item: PendingRefinement, config: CertifyConfig
+    forms: tuple[PiecewiseLinearNetwork, PiecewiseLinearNetwork],
+    item: PendingRefinement,
+    config: CertifyConfig,
 ) -> RefineResult:
     return refine_point(
-        bodies[0], bodies[1], item.lower, item.upper, item.teacher, item.student, item.x0,
+        forms[0], forms[1], item.lower, item.upper, item.teacher, item.student, item.x0,
         delta=None if config.refine_mode is RefineMode.ALL else config.delta, solver=config.solver,
         refiners=config.refiners, time_budget=config.milp_timeout,
         solve_limit=config.milp_timeout / 4, starts=item.witness.reshape(1, -1),
@@ -326,7 +327,7 @@ def _inside(x: np.ndarray, item: PendingRefinement) -> bool:
 
 def _run_refinements(
     pair: Pair,
-    bodies: tuple[nn.Module, nn.Module],
+    forms: tuple[PiecewiseLinearNetwork, PiecewiseLinearNetwork],
     items: list[PendingRefinement],
     config: CertifyConfig,
     pool: Any,
@@ -334,7 +335,7 @@ def _run_refinements(
     """Refine points one by one, or in a process pool; yield each record as soon as its point is done."""
     if pool is None:
         for item in items:
-            yield finish_refinement(pair, item, _refine(bodies, item, config), config)
+            yield finish_refinement(pair, item, _refine(forms, item, config), config)
         return
     jobs = [(k, item, config) for k, item in enumerate(items)]
     for k, result in pool.imap_unordered(_refine_in_worker, jobs):
@@ -375,9 +376,8 @@ def certify(
         or (config.delta is not None and config.refine_mode is RefineMode.UNDECIDED)
     ):
         # spawn, not fork: a forked child would inherit torch's OpenMP state mid-flight.
-        bodies = tuple(copy.deepcopy(b).double() for b in bounder.bodies)
         pool = multiprocessing.get_context("spawn").Pool(
-            config.jobs, initializer=_init_worker, initargs=(bodies,)
+            config.jobs, initializer=_init_worker, initargs=(bounder.forms,)
         )
 
     def emit(records: list[PointResult]) -> None:
@@ -399,7 +399,7 @@ def certify(
                     emit(finished)
                     if pending:
                         bar.set_postfix(eps=eps, stage=config.refine_key)
-                        for record in _run_refinements(pair, bounder.bodies, pending, config, pool):
+                        for record in _run_refinements(pair, bounder.forms, pending, config, pool):
                             emit([record])
                         bar.set_postfix(eps=eps)
     finally:

@@ -179,6 +179,18 @@ class NetworkBaB:
             raise ValueError(f"need two different classes in [0, {c}), got i={i}, j={j}")
         weights = np.zeros(c)
         weights[j], weights[i] = 1.0, -1.0
+        return self.solve(weights, time_limit=time_limit, cutoff=cutoff, stop_below=stop_below, start=start)
+
+    def solve(
+        self,
+        weights: np.ndarray,
+        *,
+        time_limit: float | None = None,
+        cutoff: float | None = None,
+        stop_below: float | None = None,
+        start: np.ndarray | None = None,
+    ) -> SolveResult:
+        """:meth:`maximize` with the MILP's result type."""
         r = self.maximize(weights, time_limit=time_limit, cutoff=cutoff, stop_below=stop_below, start=start)
         return SolveResult(
             bound=r.bound,

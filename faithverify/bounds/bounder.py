@@ -187,12 +187,18 @@ class PairBounder:
         dim = int(np.prod(pair.input_shape))
         self.teacher = copy.deepcopy(pair.teacher.module).to(device=device, dtype=torch.float32).eval()
         self.student = copy.deepcopy(pair.student.module).to(device=device, dtype=torch.float32).eval()
-        self.bodies = (pair.teacher.module.flat_body(), pair.student.module.flat_body())
+        # The one network form of each (auto_LiRPA, when asked for, needs the torch module instead).
+        self.forms = (pair.teacher.network, pair.student.network)
+        sources = (
+            self.forms
+            if Engine(engine) is Engine.NATIVE
+            else (pair.teacher.module.flat_body(), pair.student.module.flat_body())
+        )
         self.bounders = [
             NetworkBounder(
-                body, dim, pair.num_classes, device=device, alpha_iterations=alpha_iterations, engine=engine
+                src, dim, pair.num_classes, device=device, alpha_iterations=alpha_iterations, engine=engine
             )
-            for body in self.bodies
+            for src in sources
         ]
 
     def logit_bounds(

@@ -122,25 +122,41 @@ class ExactSolver:
         stop_below: float | None = None,
         start: np.ndarray | None = None,
     ) -> SolveResult:
+        """Sound upper bound on ``max_{x in box} z_j(x) - z_i(x)``."""
+        c = self.network.output_dim
+        if not (0 <= i < c and 0 <= j < c) or i == j:
+            raise ValueError(f"need two different classes in [0, {c}), got i={i}, j={j}")
+        weights = np.zeros(c)
+        weights[j], weights[i] = 1.0, -1.0
+        return self.maximize(
+            weights, time_limit=time_limit, cutoff=cutoff, stop_below=stop_below, start=start
+        )
+
+    def maximize(
+        self,
+        weights: np.ndarray,
+        *,
+        time_limit: float | None = None,
+        cutoff: float | None = None,
+        stop_below: float | None = None,
+        start: np.ndarray | None = None,
+    ) -> SolveResult:
+        """Sound upper bound on ``max_{x in box} weights · z(x)`` (module docstring)."""
         clock = time.perf_counter()
         limit = math.inf if time_limit is None else time_limit
         kw = {"cutoff": cutoff, "stop_below": stop_below}
         if self._bab is None:
-            return self.milp.max_logit_diff(i, j, time_limit=time_limit, start=start, **kw)
+            return self.milp.maximize(weights, time_limit=time_limit, start=start, **kw)
         self._bab_used = True
         share = limit if Refiner.MILP not in self.refiners else BAB_SHARE * limit
-        first = self._bab.max_logit_diff(
-            i, j, time_limit=None if math.isinf(share) else share, start=start, **kw
-        )
+        first = self._bab.solve(weights, time_limit=None if math.isinf(share) else share, start=start, **kw)
         if Refiner.MILP not in self.refiners or _settled(first):
             return first
         left = limit - (time.perf_counter() - clock)
         if left <= 0.05:
             return first
         seeds = start if first.witness is None else _stack(start, first.witness)
-        second = self.milp.max_logit_diff(
-            i, j, time_limit=None if math.isinf(left) else left, start=seeds, **kw
-        )
+        second = self.milp.maximize(weights, time_limit=None if math.isinf(left) else left, start=seeds, **kw)
         return _combine(first, second, time.perf_counter() - clock)
 
 

@@ -7,10 +7,12 @@ nodes and (optionally) compares the torch module with onnxruntime; every failure
 from __future__ import annotations
 
 import copy
+import functools
 import logging
 import math
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import onnx
@@ -22,6 +24,9 @@ from faithverify.onnx_io.graph import _chain_nodes, _io_info, _opset, _strip_tra
 from faithverify.onnx_io.layers import ConvertedModel
 from faithverify.onnx_io.runtime import _ort_session, _run_session
 from faithverify.onnx_io.translate import _Translator
+
+if TYPE_CHECKING:
+    from faithverify.network import PiecewiseLinearNetwork
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +52,13 @@ class LoadedModel:
     max_abs_diff: (
         float  # max |torch - onnxruntime| on the check inputs (logits); NaN if the check was skipped
     )
+
+    @functools.cached_property
+    def network(self) -> PiecewiseLinearNetwork:
+        """The one network form every bound reads (affine maps, ReLUs and max-pools on flat inputs)."""
+        from faithverify.network import PiecewiseLinearNetwork  # it reads onnx_io's layers: import late
+
+        return PiecewiseLinearNetwork.from_module(self.module.flat_body(), math.prod(self.input_shape))
 
 
 def _read_model(path: Path) -> onnx.ModelProto:

@@ -30,15 +30,19 @@ from enum import StrEnum
 import numpy as np
 import torch
 
-from faithverify.attack import float32_box
+from faithverify.attack import float32_box, maximize_in_box
+from faithverify.attack_config import PGDConfig
 from faithverify.bounds.bounder import BoundMethod, NetworkBounder
-from faithverify.bounds.milp import NetworkMILP, Solver
+from faithverify.bounds.milp import Solver
 from faithverify.bounds.milp.backends import Status
+from faithverify.bounds.portfolio import ExactSolver
 from faithverify.bounds.softmax import LOGIT_MARGIN, RELATIVE_MARGIN, LogitDiffBounds, softmax_bounds
 from faithverify.errors import FaithverifyError
 from faithverify.onnx_io import LoadedModel
 from faithverify.refine import refine_point
 from faithverify.threads import torch_threads
+
+_PGD = PGDConfig()  # the certify attack's settings (a VNN query gets twice its restarts: one objective each)
 
 
 class Outcome(StrEnum):
@@ -161,12 +165,14 @@ def _attack(
     seed: int,
     deadline: float,
 ) -> tuple[np.ndarray, np.ndarray] | None:
-    """PGD on ``max_k (A y(x) - b)_k`` for every conjunction and restart at once (one batch); the first
-    iterate that onnxruntime confirms as a counterexample, or None."""
+    """The certify attack's ascent (:func:`faithverify.attack.maximize_in_box`, APGD steps) on
+    ``-max_k (A y(x) - b)_k`` for every conjunction and restart at once (one batch); a counterexample that
+    onnxruntime confirms (the best iterate of each run is checked, then the runs' final points), or None."""
+    if time.monotonic() > deadline:
+        return None
     lo32, hi32 = float32_box(lower, upper)
     lo, hi = torch.from_numpy(lo32)[None], torch.from_numpy(hi32)[None]
     generator = torch.Generator().manual_seed(seed)
-    step = 2.5 * float((hi - lo).max()) / 2 / max(1, steps)
     # Conjunctions padded to the same number of rows with rows that never attain the maximum.
     rows = max(len(b) for _, b in query.unsafe)
     outputs = query.unsafe[0][0].shape[1]
@@ -180,24 +186,25 @@ def _attack(
     # Restart 0 from the box's centre, the others from uniform random points of the box.
     k, dim = len(query.unsafe), lo.shape[1]
     centre = ((lo + hi) / 2).expand(k, -1)
-    x = torch.cat(
+    starts = torch.cat(
         [centre] + [lo + torch.rand((k, dim), generator=generator) * (hi - lo) for _ in range(restarts - 1)]
     )
-    checks = 0  # onnxruntime checks are cheap, but a borderline iterate could ask for one at every step
-    for _ in range(steps + 1):
+    lo_b, hi_b = lo.expand(len(starts), -1), hi.expand(len(starts), -1)
+
+    def objective(x: torch.Tensor) -> torch.Tensor:
+        y = problem_outputs(query, x)
+        return -(torch.einsum("nrm,nm->nr", a[conj], y) - b[conj]).amax(dim=-1)
+
+    best, value = maximize_in_box(objective, starts, lo_b, hi_b, steps)
+    # Most violated first; onnxruntime has the last word (the float32 torch model can differ near 0).
+    for n in torch.argsort(value, descending=True).tolist()[:1000]:
         if time.monotonic() > deadline:
             return None
-        x.requires_grad_(True)
-        y = problem_outputs(query, x)
-        violation = (torch.einsum("nrm,nm->nr", a[conj], y) - b[conj]).amax(dim=-1)
-        for n in torch.nonzero(violation.detach() <= 0).flatten().tolist()[: max(0, 1000 - checks)]:
-            checks += 1
-            confirmed = _check(query, x.detach().numpy()[n], int(conj[n]))
-            if confirmed is not None:
-                return x.detach().numpy()[n], confirmed
-        (grad,) = torch.autograd.grad(violation.sum(), x)
-        with torch.no_grad():
-            x = torch.minimum(torch.maximum(x.detach() - step * grad.sign(), lo), hi)
+        if float(value[n]) < -1e-3:
+            break
+        confirmed = _check(query, best.numpy()[n], int(conj[n]))
+        if confirmed is not None:
+            return best.numpy()[n], confirmed
     return None
 
 
@@ -263,7 +270,7 @@ def _row_lower_bound(
     part = query.slices()[k]
     spec = torch.from_numpy(row[part][None].astype(np.float64))
     lo, hi = (torch.from_numpy(v)[None] for v in box)
-    lower = bounds.bounders[k].linear_lower_bounds(lo, hi, spec, BoundMethod.CROWN)[0].numpy()
+    lower = bounds.bounders[k].linear_lower_bounds(lo, hi, spec, BoundMethod.ALPHA_CROWN)[0].numpy()
     direct = float(_widen(lower, float(np.abs(row[part]).sum()))[0])
     return max(direct, interval)
 
@@ -296,8 +303,8 @@ def verify(
     timeout: float = 60.0,
     *,
     solver: Solver = Solver.AUTO,
-    attack_steps: int = 50,
-    restarts: int = 3,
+    attack_steps: int = _PGD.steps,
+    restarts: int = 2 * _PGD.restarts,
     seed: int = 0,
     milp: bool = True,
 ) -> Answer:
@@ -383,7 +390,7 @@ def _refine_rows(
     deadline: float,
 ) -> tuple[Outcome, tuple[np.ndarray, np.ndarray] | None]:
     """Refute each open conjunction by one of its rows on a single network's logits, solved exactly."""
-    milps: dict[int, NetworkMILP] = {}
+    milps: dict[int, ExactSolver] = {}
     for index in remaining:
         a, b = query.unsafe[index]
         refuted = False
@@ -396,7 +403,7 @@ def _refine_rows(
                 return Outcome.TIMEOUT, None
             if net_index not in milps:
                 net = query.networks[net_index]
-                milps[net_index] = NetworkMILP(net.model.module.flat_body().double(), *box, solver=solver)
+                milps[net_index] = ExactSolver(net.model.network, *box, milp_solver=solver)
             part = query.slices()[net_index]
             # Refuted when max(-a·z) < -b strictly; stop as soon as that is proven or disproven.
             target = math.nextafter(-float(b[k]), -math.inf)
