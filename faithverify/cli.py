@@ -85,8 +85,8 @@ def main() -> None:
     type=float,
     default=None,
     callback=lambda _c, _p, v: _check_delta(v),
-    help="Threshold on the confidence gap: each point gets a verdict, certified (FaithUB <= DELTA), "
-    "violated (a witness with gap > DELTA, re-checked by onnxruntime and saved) or unknown.",
+    help="Threshold on the confidence gap: each point gets a verdict, certified (FaithUB < DELTA), "
+    "violated (a witness with gap >= DELTA, re-checked by onnxruntime and saved) or unknown.",
 )
 @click.option(
     "--method",

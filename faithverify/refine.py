@@ -273,6 +273,10 @@ def refine_point(
     (``[K, D]``, e.g. the attack's witness) seed each solve's first incumbent, with ``x0`` and the incumbents
     of the solves before: an early incumbent above a cut-off ends a solve at once."""
     start = time.perf_counter()
+    if delta is not None:
+        # Certified means FaithUB < delta (faithverify.verdict): the rules below compare with <=, so they get the
+        # largest float below delta.
+        delta = math.nextafter(delta, -math.inf)
     lower = np.asarray(lower, dtype=np.float64).reshape(-1)
     upper = np.asarray(upper, dtype=np.float64).reshape(-1)
     x0_flat = np.asarray(x0, dtype=np.float64).reshape(-1)

@@ -35,7 +35,7 @@ Top level (all optional):
   default; ``"ibp"``, ``"alpha-crown"``, or a list: the smallest bound counts), ``milp = true`` for an exact
   MILP on every point (the paper's FaithUB; slow), with ``solver`` (``"auto"``, ``"highs"``, ``"gurobi"``)
   and ``milp_timeout_s`` (default 60, per point).
-- ``min_certified_share``: share of points certified (FaithUB <= ``delta``) at ``eps`` >= threshold.
+- ``min_certified_share``: share of points certified (FaithUB < ``delta``) at ``eps`` >= threshold.
 - ``max_violated_share``: share of points with a witness whose gap exceeds ``delta`` at ``eps`` <= threshold.
   Both take ``eps``, ``delta``, ``bounds`` and ``refine`` (default false; true refines the points that bound
   propagation leaves undecided with the exact MILP, with ``solver`` and ``milp_timeout_s``).

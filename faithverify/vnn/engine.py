@@ -373,7 +373,7 @@ def _refine_pair(
         bounds.diffs[0],
         bounds.diffs[1],
         x0,
-        delta=math.nextafter(delta, -math.inf),
+        delta=delta,  # refine_point certifies FaithUB < delta, the strictness the unsafe set (gap >= delta) needs
         solver=solver,
         time_budget=budget,
     )
