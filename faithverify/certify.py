@@ -274,7 +274,7 @@ def _refine(
     return refine_point(
         forms[0], forms[1], item.lower, item.upper, item.teacher, item.student, item.x0,
         delta=None if config.refine_mode is RefineMode.ALL else config.delta, solver=config.solver,
-        refiners=config.refiners, time_budget=config.milp_timeout,
+        refiners=config.refiners, device=str(resolve_device(config.device)), time_budget=config.milp_timeout,
         solve_limit=config.milp_timeout / 4, starts=item.witness.reshape(1, -1),
     )  # fmt: skip
 

@@ -78,6 +78,7 @@ class _Side:
     box: tuple[np.ndarray, np.ndarray]
     solver: Solver
     refiners: tuple[Refiner, ...]
+    device: str
     lower: np.ndarray
     upper: np.ndarray
     reached: np.ndarray  # the largest z_j - z_i seen in the box: no sound bound can be tighter than this
@@ -91,7 +92,9 @@ class _Side:
     @property
     def net(self) -> BoundNetwork:
         if self._net is None:
-            self._net = self._exact.network if self._exact is not None else BoundNetwork.of(self.form)
+            self._net = (
+                self._exact.network if self._exact is not None else BoundNetwork.of(self.form, self.device)
+            )
         return self._net
 
     @property
@@ -99,7 +102,9 @@ class _Side:
         # Built on first use: its root bounds cost a fraction of a second, and most points need no solve on
         # one side.
         if self._exact is None:
-            self._exact = ExactSolver(self.form, *self.box, refiners=self.refiners, milp_solver=self.solver)
+            self._exact = ExactSolver(
+                self.form, *self.box, refiners=self.refiners, milp_solver=self.solver, device=self.device
+            )
         return self._exact
 
     def observe(self, xs: np.ndarray) -> None:
@@ -119,7 +124,7 @@ class _Side:
         if self._exact is not None:
             return self._exact.root
         if self._crown_layers is None:
-            lo, hi = (torch.from_numpy(b.reshape(1, -1)) for b in self.box)
+            lo, hi = (torch.from_numpy(b.reshape(1, -1)).to(self.net.device) for b in self.box)
             with torch.no_grad():
                 self._crown_layers = intermediate_bounds(self.net, Box.of(lo, hi))[0]
         return self._crown_layers
@@ -264,6 +269,7 @@ def refine_point(
     delta: float | None,
     solver: Solver = Solver.AUTO,
     refiners: tuple[Refiner, ...] = (Refiner.BAB, Refiner.MILP),
+    device: str = "cpu",
     time_budget: float = 60.0,
     solve_limit: float | None = None,
     starts: np.ndarray | None = None,
@@ -297,6 +303,7 @@ def refine_point(
             (lower, upper),
             solver,
             tuple(refiners),
+            device,
             crown.lower[0].copy(),
             crown.upper[0].copy(),
             np.full((c, c), -math.inf),
@@ -379,8 +386,9 @@ def refine_point(
 def _coupled(teacher: _Side, student: _Side, anchors: list[np.ndarray], optimistic: bool = False) -> float:
     """The coupled FaithUB (bounds/coupled.py) on the two sides' current bounds; ``optimistic``: on the values
     seen instead of every bound that is not final (not sound: what the coupled bound could reach at best)."""
-    lo, hi = (torch.from_numpy(b.reshape(1, -1)) for b in teacher.box)
-    points = [torch.from_numpy(np.clip(a.reshape(1, -1), *teacher.box)) for a in anchors]
+    device = teacher.net.device
+    lo, hi = (torch.from_numpy(b.reshape(1, -1)).to(device) for b in teacher.box)
+    points = [torch.from_numpy(np.clip(a.reshape(1, -1), *teacher.box)).to(device) for a in anchors]
     diffs = (
         (_optimistic_bounds(teacher), _optimistic_bounds(student))
         if optimistic

@@ -44,8 +44,10 @@ from torch import Tensor
 from faithverify.bounds.relax import MaxPoolRelaxation, ReluRelaxation
 from faithverify.bounds.torchnet import Affine, BoundNetwork, MaxPool, Relu
 
-# Points per chunk when forming |A W_0|: rows x inputs x chunk numbers stay around 32 MB of float64.
+# Points per chunk when forming |A W_0|: rows x inputs x chunk numbers stay around 32 MB of float64 on the CPU
+# (in cache), 2 GB on a GPU (few, large kernels).
 _CHUNK_ELEMENTS = 4_000_000
+_GPU_CHUNK_ELEMENTS = 1 << 28
 
 Bounds = tuple[Tensor, Tensor]
 
@@ -175,7 +177,8 @@ def concretize(net: BoundNetwork, coeffs: Tensor, const: Tensor, box: Box) -> Te
     mid = first.forward(box.center)  # W_0 x_c + b_0
     centre_term = (coeffs @ mid.unsqueeze(-1)).squeeze(-1)
     n, rows, _ = coeffs.shape
-    chunk = max(1, _CHUNK_ELEMENTS // max(1, rows * first.in_size))
+    budget = _CHUNK_ELEMENTS if coeffs.device.type == "cpu" else _GPU_CHUNK_ELEMENTS
+    chunk = max(1, budget // max(1, rows * first.in_size))
     parts = []
     for s in range(0, n, chunk):
         full = first.back(coeffs[s : s + chunk])  # [chunk, R, D]
