@@ -89,6 +89,12 @@ def _training_options(func: Any) -> Any:
             help="Per-epoch state; rerunning the same command resumes from it.",
         ),
         click.option("--threads", type=click.IntRange(min=1), default=2, show_default=True),
+        click.option(
+            "--snapshot",
+            is_flag=True,
+            help="Export the best state of this run's checkpoint as it stands, without training further (to "
+            "ship an unfinished run; its card says how many epochs it had).",
+        ),
         quiet_option("No progress bars."),
         output_option("ONNX file.", kind="file"),
     ]
@@ -109,6 +115,7 @@ def _train(recipe: Recipe, output: Path, teacher: Path | None, opts: dict[str, A
         progress=not opts["quiet"],
         threads=opts["threads"],
         command=_command_line(),
+        snapshot=opts["snapshot"],
     )
     robust = ", ".join(f"{100 * v:.2f}% at eps {e}" for e, v in card.robust_accuracy.items())
     click.echo(

@@ -350,3 +350,36 @@ def test_early_stopping_with_patience_and_a_rerun_only_reloads(tmp_path: Path) -
         progress_bar=False,
     )
     assert len(full.history) == 10
+
+
+def test_a_snapshot_exports_an_unfinished_run_without_training(tmp_path: Path) -> None:
+    """An interrupted run's checkpoint can be exported as it stands (the CIFAR-10 models ship that way while
+    their runs go on); the result says it is unfinished, and a later run resumes where it stopped."""
+    train_set, test_set = blobs(200, seed=0), blobs(100, seed=1)
+    cfg = dataclasses.replace(FAST, epochs=4)
+    calls = {"n": 0}
+    inner = AdversarialTraining(PGDConfig(0.0, 0.0, 0))
+
+    def interrupted(*args: object) -> torch.Tensor:
+        calls["n"] += 1
+        if calls["n"] > 2 * 7:  # 7 batches of 32 per epoch: stop inside the third epoch
+            raise KeyboardInterrupt
+        return inner(*args)  # type: ignore[arg-type]
+
+    method = type("Interrupted", (), {"__call__": staticmethod(interrupted), "describe": inner.describe})()
+    ckpt = tmp_path / "c.ckpt"
+    torch.manual_seed(0)
+    with pytest.raises(KeyboardInterrupt):
+        train(build_mlp(SPEC), method, train_set, test_set, cfg, checkpoint=ckpt, progress_bar=False)
+    model = build_mlp(SPEC)
+    snap = train(model, inner, train_set, test_set, cfg, checkpoint=ckpt, progress_bar=False, snapshot=True)
+    assert snap.epochs_done == 2 and not snap.finished and 1 <= snap.best_epoch <= 2
+    assert (
+        accuracy(model, torch.from_numpy(test_set.x), torch.from_numpy(test_set.y)) == snap.best_test_accuracy
+    )
+    rest = train(build_mlp(SPEC), inner, train_set, test_set, cfg, checkpoint=ckpt, progress_bar=False)
+    assert rest.epochs_done == 4 and rest.finished
+    with pytest.raises(ValueError, match="no checkpoint"):
+        train(
+            build_mlp(SPEC), inner, train_set, test_set, cfg, checkpoint=tmp_path / "none.ckpt", snapshot=True
+        )

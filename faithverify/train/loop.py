@@ -55,6 +55,11 @@ class TrainResult:
     best_test_accuracy: float
     seconds: float
     history: list[dict[str, float]] = field(default_factory=list)
+    finished: bool = True  # every epoch ran, or early stopping ended the run (not a snapshot of one going on)
+
+    @property
+    def epochs_done(self) -> int:
+        return len(self.history)
 
 
 def _to_tensors(dataset: Dataset) -> tuple[Tensor, Tensor]:
@@ -86,18 +91,20 @@ def train(
     checkpoint: str | Path | None = None,
     progress_bar: bool = True,
     desc: str = "train",
+    snapshot: bool = False,
 ) -> TrainResult:
     """Train ``model`` in place with ``method``; on return it holds the weights of the best epoch.
 
     Data must already have the model's input shape (see ``data.fit_to_input_shape``). With ``checkpoint``,
     the state is saved after every epoch and a run with the same config resumes from it (a finished run is
-    only reloaded); a checkpoint written with another config is refused.
+    only reloaded); a checkpoint written with another config is refused. ``snapshot``: load the checkpoint and
+    train no further (the best state of an unfinished run, e.g. to ship it while it goes on elsewhere).
     """
     threads_before = torch.get_num_threads()
     if cfg.num_threads is not None:
         torch.set_num_threads(cfg.num_threads)
     try:
-        return _train(model, method, train_data, test_data, cfg, checkpoint, progress_bar, desc)
+        return _train(model, method, train_data, test_data, cfg, checkpoint, progress_bar, desc, snapshot)
     finally:
         torch.set_num_threads(threads_before)
 
@@ -111,6 +118,7 @@ def _train(
     checkpoint: str | Path | None,
     progress_bar: bool,
     desc: str,
+    snapshot: bool = False,
 ) -> TrainResult:
     torch.manual_seed(cfg.seed)
     generator = torch.Generator().manual_seed(cfg.seed)
@@ -126,6 +134,7 @@ def _train(
         optimizer, T_max=max(total_steps, 1), eta_min=cfg.lr_end
     )
     start_epoch, best_acc, best_epoch, elapsed = 0, -1.0, 0, 0.0
+    ended_early = False
     best_state = {k: v.clone() for k, v in model.state_dict().items()}
     history: list[dict[str, float]] = []
 
@@ -144,8 +153,13 @@ def _train(
         torch.set_rng_state(state["torch_rng"])
         start_epoch, best_acc, best_epoch = state["epoch"], state["best_acc"], state["best_epoch"]
         best_state, history, elapsed = state["best_state"], state["history"], state["seconds"]
-        if state.get("stopped_early", False):
+        ended_early = bool(state.get("stopped_early", False))
+        if ended_early:
             start_epoch = cfg.epochs  # the run ended early: a rerun only reloads it
+    elif snapshot:
+        raise ValueError(f"no checkpoint at {ckpt_path} to take a snapshot of")
+    if snapshot:
+        start_epoch = cfg.epochs
 
     for epoch in range(start_epoch, cfg.epochs):
         started = time.perf_counter()
@@ -192,6 +206,7 @@ def _train(
         settle = cfg.select_from_epoch - 1 + ((cfg.patience or 0) if cfg.select_from_epoch > 1 else 0)
         stale = epoch + 1 - max(best_epoch, settle)
         stop_early = cfg.patience is not None and best_epoch > 0 and stale >= cfg.patience
+        ended_early = ended_early or stop_early
         if progress_bar:
             best = f"best {best_acc:.4f} @ {best_epoch}" if best_epoch else "in warm-up, not eligible as best"
             tqdm.write(
@@ -225,4 +240,11 @@ def _train(
 
     model.load_state_dict(best_state)
     model.eval()
-    return TrainResult(best_epoch=best_epoch, best_test_accuracy=best_acc, seconds=elapsed, history=history)
+    finished = ended_early or len(history) >= cfg.epochs
+    return TrainResult(
+        best_epoch=best_epoch,
+        best_test_accuracy=best_acc,
+        seconds=elapsed,
+        history=history,
+        finished=finished,
+    )

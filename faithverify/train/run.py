@@ -53,6 +53,8 @@ class ModelCard:
     teacher_agreement: float | None = None  # share of test points with the teacher's arg-max
     environment: dict[str, str] = field(default_factory=dict)
     command: str = ""
+    epochs_trained: int | None = None  # epochs the run had when this model was exported (None: older cards)
+    snapshot: bool = False  # exported from an unfinished run (`--snapshot`)
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self), indent=2) + "\n"
@@ -126,11 +128,13 @@ def train_recipe(
     progress: bool = True,
     threads: int = 2,
     command: str = "",
+    snapshot: bool = False,
 ) -> ModelCard:
     """Train ``recipe``, write ``out`` (ONNX) and its card; return the card.
 
     ``data`` is the dataset name, directory or ``.npz`` train file (default: the recipe's dataset under
-    ``data_root``). An interrupted run resumes from its checkpoint; a finished one is only reloaded.
+    ``data_root``). An interrupted run resumes from its checkpoint; a finished one is only reloaded;
+    ``snapshot`` exports the best state of the checkpoint as it stands, training no further.
     """
     out = Path(out)
     spec = get_spec(recipe.arch)
@@ -156,6 +160,7 @@ def train_recipe(
         checkpoint=checkpoint_path(recipe, Path(checkpoint_dir)),
         progress_bar=progress,
         desc=recipe.name,
+        snapshot=snapshot,
     )
     export_onnx(
         model,
@@ -209,6 +214,8 @@ def train_recipe(
             "threads": str(threads),
         },
         command=command,
+        epochs_trained=result.epochs_done,
+        snapshot=not result.finished,
     )
     json_path, md_path = card_paths(out)
     json_path.write_text(card.to_json())
@@ -245,7 +252,9 @@ def render_card(card: ModelCard, recipe: Recipe) -> str:
             if recipe.uses_attack and recipe.eps_warmup > 0
             else ""
         )
-        + f"seed {recipe.seed}. Best epoch by clean test accuracy: {card.best_epoch}.",
+        + f"seed {recipe.seed}. Best epoch by clean test accuracy: {card.best_epoch}"
+        + (f" of {card.epochs_trained} trained" if card.epochs_trained is not None else "")
+        + (" (a snapshot of an unfinished run)." if card.snapshot else "."),
         f"- **Settings**: {recipe.deviation or PAPER_SETTINGS}.",
         f"- **Data**: {card.dataset}, {card.train_size:,} training and {card.test_size:,} test images, "
         "no augmentation.",
