@@ -112,9 +112,11 @@ def _logit_form(slopes: Tensor, others: Tensor, c: int) -> Tensor:
     return coeffs
 
 
-def _input_form(net: BoundNetwork, layers: LayerBounds, coeffs: Tensor) -> tuple[Tensor, Tensor]:
-    """``coeffs · z(x) >= A · x + c`` over the box (CROWN, the given intermediate bounds): ``(A, c)``."""
-    a, const = crown.backward(net, coeffs, len(net.layers), layers.relax)
+def _input_form(
+    net: BoundNetwork, layers: LayerBounds, coeffs: Tensor, alpha: dict[int, Tensor] | None = None
+) -> tuple[Tensor, Tensor]:
+    """``coeffs · z(x) >= A · x + c`` over the box (CROWN with lower slopes ``alpha``): ``(A, c)``."""
+    a, const = crown.backward(net, coeffs, len(net.layers), layers.relax, alpha)
     first = net.layers[0]
     assert isinstance(first, crown.Affine)
     return first.back(a), const + a @ first.bias
@@ -128,52 +130,118 @@ def _d_at(net: BoundNetwork, x: Tensor, others: Tensor) -> Tensor:
     ) - z.unsqueeze(-1)
 
 
+def _intervals(
+    diffs: LogitDiffBounds, others: Tensor, dtype: torch.dtype, device: torch.device
+) -> tuple[Tensor, Tensor]:
+    """``[N, C, C-1]`` bounds on ``z_j - z_i`` (``j != i``), widened, clipped for ``exp``."""
+    w = diffs.widened()
+    index = others.unsqueeze(0).expand(len(w.lower), -1, -1)
+    lo = torch.from_numpy(w.lower).to(device, dtype).gather(2, index)
+    hi = torch.from_numpy(w.upper).to(device, dtype).gather(2, index)
+    return lo.clamp(-_EXP_CLIP, _EXP_CLIP), hi.clamp(-_EXP_CLIP, _EXP_CLIP)
+
+
+def _logit(u: Tensor) -> Tensor:
+    u = u.clamp(1e-6, 1 - 1e-6)
+    return torch.log(u) - torch.log1p(-u)
+
+
+@dataclass(frozen=True)
+class _Direction:
+    """One direction of eq. 6's terms: ``sigma_top,i - sigma_low,i`` for every class ``i``."""
+
+    nets: tuple[BoundNetwork, BoundNetwork]  # (top, low)
+    layers: tuple[LayerBounds, LayerBounds]
+    top: tuple[Tensor, Tensor]  # the top network's logit-difference intervals [N, C, C-1]
+    low: tuple[Tensor, Tensor]
+    others: Tensor
+
+    def bound(
+        self, box: Box, theta_t: Tensor, theta_s: Tensor, alphas: list[dict[int, Tensor] | None]
+    ) -> Tensor:
+        """Upper bounds ``[N, C]`` with the tangent points at ``sigmoid(theta)`` of their intervals."""
+        (lo_a, hi_a), (lo_b, hi_b) = self.top, self.low
+        c = self.nets[0].output_dim
+        t = lo_a + torch.sigmoid(theta_t) * (hi_a - lo_a)
+        s_lo, s_hi = lo_b.exp().sum(-1), hi_b.exp().sum(-1)
+        s = s_lo + torch.sigmoid(theta_s) * (s_hi - s_lo)
+        up_slopes, up_const = _sigma_upper(lo_a, hi_a, t)  # sigma_top <= coeffs_a · z_top + up_const
+        low_slopes, low_const = _sigma_lower(lo_b, hi_b, s)  # sigma_low >= coeffs_b · z_low + low_const
+        coeffs_a, coeffs_b = _logit_form(up_slopes, self.others, c), _logit_form(low_slopes, self.others, c)
+        # term <= coeffs_a · z_top - coeffs_b · z_low + (up_const - low_const): minimise the negation jointly.
+        a_top, k_top = _input_form(self.nets[0], self.layers[0], -coeffs_a, alphas[0])
+        a_low, k_low = _input_form(self.nets[1], self.layers[1], coeffs_b, alphas[1])
+        a = a_top + a_low
+        lower = (a @ box.center.unsqueeze(-1)).squeeze(-1) - (a.abs() @ box.radius.unsqueeze(-1)).squeeze(-1)
+        return -(lower + k_top + k_low) + up_const - low_const
+
+    def optimised(self, box: Box, at_top: Tensor, at_low: Tensor, iterations: int, lr: float) -> Tensor:
+        """The best bound met from tangents at the anchor's values, over ``iterations`` Adam steps."""
+        (lo_a, hi_a), (lo_b, hi_b) = self.top, self.low
+        t0 = (torch.minimum(torch.maximum(at_top, lo_a), hi_a) - lo_a) / (hi_a - lo_a).clamp(min=1e-12)
+        s_lo, s_hi = lo_b.exp().sum(-1), hi_b.exp().sum(-1)
+        s_at = at_low.clamp(max=_EXP_CLIP).exp().sum(-1)
+        s0 = (torch.minimum(torch.maximum(s_at, s_lo), s_hi) - s_lo) / (s_hi - s_lo).clamp(min=1e-300)
+        theta_t, theta_s = _logit(t0), _logit(s0)
+        if iterations <= 0:
+            with torch.no_grad():
+                return self.bound(box, theta_t, theta_s, [None, None])
+        theta_t, theta_s = theta_t.clone().requires_grad_(True), theta_s.clone().requires_grad_(True)
+        c = self.nets[0].output_dim
+        alphas: list[dict[int, Tensor] | None] = [
+            _row_alphas(n, lay, c) for n, lay in zip(self.nets, self.layers, strict=True)
+        ]
+        params = [theta_t, theta_s, *(v for a in alphas if a for v in a.values())]
+        optimizer = torch.optim.Adam(params, lr=lr)
+        with torch.no_grad():
+            best = self.bound(box, theta_t, theta_s, alphas)
+        with torch.enable_grad():
+            for _ in range(iterations):
+                value = self.bound(box, theta_t, theta_s, alphas)
+                best = torch.minimum(best, value.detach())
+                optimizer.zero_grad(set_to_none=True)
+                value.sum().backward()
+                optimizer.step()
+                with torch.no_grad():
+                    for a in alphas:
+                        for v in (a or {}).values():
+                            v.clamp_(0.0, 1.0)
+        with torch.no_grad():
+            return torch.minimum(best, self.bound(box, theta_t, theta_s, alphas))
+
+
 def coupled_terms(
     nets: tuple[BoundNetwork, BoundNetwork],
     layers: tuple[LayerBounds, LayerBounds],
     diffs: tuple[LogitDiffBounds, LogitDiffBounds],
     box: Box,
     anchor: Tensor,
+    iterations: int = 0,
+    lr: float = 0.2,
 ) -> Tensor:
     """Coupled upper bounds ``[N, 2, C]`` on ``sigma_t,i - sigma_s,i`` (row 0) and ``sigma_s,i - sigma_t,i``
-    (row 1), tangents taken at ``anchor`` ``[N, D]`` (module docstring)."""
+    (row 1), tangents first taken at ``anchor`` ``[N, D]``. With ``iterations``, the tangent points and every
+    unstable ReLU's lower slope in both networks (one per bounded term) are then optimised by Adam for the
+    smallest bound: every value is sound, so the best met per term is kept."""
     dtype, device = box.center.dtype, box.center.device
-    c = nets[0].output_dim
-    others = _others(c).to(device)
-    lo_hi = []
-    for d in diffs:
-        w = d.widened()
-        lo = (
-            torch.from_numpy(w.lower)
-            .to(device, dtype)
-            .gather(2, others.unsqueeze(0).expand(len(w.lower), -1, -1))
-        )
-        hi = (
-            torch.from_numpy(w.upper)
-            .to(device, dtype)
-            .gather(2, others.unsqueeze(0).expand(len(w.upper), -1, -1))
-        )
-        lo_hi.append((lo.clamp(-_EXP_CLIP, _EXP_CLIP), hi.clamp(-_EXP_CLIP, _EXP_CLIP)))
+    others = _others(nets[0].output_dim).to(device)
+    intervals = [_intervals(d, others, dtype, device) for d in diffs]
     at = [_d_at(net, anchor, others) for net in nets]
     out = []
     for top, low in ((0, 1), (1, 0)):
-        (lo_a, hi_a), (lo_b, hi_b) = lo_hi[top], lo_hi[low]
-        t = torch.minimum(torch.maximum(at[top], lo_a), hi_a)
-        s0 = torch.minimum(torch.maximum(at[low].clamp(max=_EXP_CLIP).exp().sum(-1), lo_b.exp().sum(-1)),
-                           hi_b.exp().sum(-1))  # fmt: skip
-        up_slopes, up_const = _sigma_upper(lo_a, hi_a, t)  # [N, C, C-1], [N, C]
-        low_slopes, low_const = _sigma_lower(lo_b, hi_b, s0)
-        coeffs_a = _logit_form(
-            up_slopes, others, c
-        )  # upper bound of sigma_top <= coeffs_a · z_top + up_const
-        coeffs_b = _logit_form(low_slopes, others, c)  # sigma_low >= coeffs_b · z_low + low_const
-        # term <= coeffs_a · z_top - coeffs_b · z_low + (up_const - low_const): minimise the negation jointly.
-        a_top, k_top = _input_form(nets[top], layers[top], -coeffs_a)
-        a_low, k_low = _input_form(nets[low], layers[low], coeffs_b)
-        a = a_top + a_low
-        lower = (a @ box.center.unsqueeze(-1)).squeeze(-1) - (a.abs() @ box.radius.unsqueeze(-1)).squeeze(-1)
-        out.append(-(lower + k_top + k_low) + up_const - low_const)
+        direction = _Direction(
+            (nets[top], nets[low]), (layers[top], layers[low]), intervals[top], intervals[low], others
+        )
+        out.append(direction.optimised(box, at[top], at[low], iterations, lr))
     return torch.stack(out, dim=1)
+
+
+def _row_alphas(net: BoundNetwork, layers: LayerBounds, rows: int) -> dict[int, Tensor]:
+    """CROWN's own lower slopes, one copy per bounded row, as parameters."""
+    return {
+        k: r.lower_slope.unsqueeze(1).expand(-1, rows, -1).clone().requires_grad_(True)
+        for k, r in layers.relax.relu.items()
+    }
 
 
 def coupled_bound(
@@ -182,9 +250,11 @@ def coupled_bound(
     diffs: tuple[LogitDiffBounds, LogitDiffBounds],
     box: Box,
     anchors: list[Tensor],
+    iterations: int = 20,
 ) -> CoupledBound:
     """FaithUB with each eq. 6 term replaced by the coupled bound where that is smaller (module docstring);
-    ``anchors``: candidate tangent points ``[N, D]`` each (the best of them counts, per term)."""
+    ``anchors``: candidate tangent points ``[N, D]`` each (the best of them counts, per term); ``iterations``:
+    optimisation steps of the tangents and ReLU slopes from the first anchor (0: none)."""
     eq6: FaithfulnessBound = faithfulness_bound(
         softmax_bounds(diffs[0].widened()), softmax_bounds(diffs[1].widened())
     )
@@ -192,8 +262,9 @@ def coupled_bound(
     eq6_terms = np.clip(np.stack([t_sm.upper - s_sm.lower, s_sm.upper - t_sm.lower], axis=1), 0.0, 1.0)
     with torch.no_grad():
         best = None
-        for anchor in anchors:
-            terms = coupled_terms(nets, layers, diffs, box, anchor.to(box.center.dtype)).cpu().numpy()
+        for k, anchor in enumerate(anchors):
+            steps = iterations if k == 0 else 0
+            terms = coupled_terms(nets, layers, diffs, box, anchor.to(box.center.dtype), steps).cpu().numpy()
             best = terms if best is None else np.minimum(best, terms)
     assert best is not None
     d_max = np.maximum(np.abs(diffs[0].lower), np.abs(diffs[0].upper)).max(axis=(1, 2))
