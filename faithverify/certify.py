@@ -1,10 +1,11 @@
 """The certification pipeline: for each eps and batch of points, attack (EmpLB), bound (FaithUB), decide,
-refine with MILP where asked, record.
+refine with exact methods where asked, record.
 
-One pass, no back and forth (DESIGN.md): clean outputs by onnxruntime -> PGD witness, re-checked by
-onnxruntime -> logit-difference bounds per network and screening method -> eq. 5-6 -> robustness attacks ->
-with ``delta``, a verdict; the MILP stage (:mod:`faithverify.refine`) only sees the points screening leaves
-undecided (or every point, for the paper's all-pairs FaithUB) -> records streamed to the results file as each
+One pass, no back and forth (docs/design.md): clean outputs by onnxruntime -> attack witness, re-checked by
+onnxruntime -> logit-difference bounds per network and screening method -> eq. 5-6, then the coupled bound ->
+robustness attacks -> with ``delta``, a verdict; the refinement stage (:mod:`faithverify.refine`: branch and
+bound and the MILP, then the coupled bound) only sees the points screening leaves undecided (or every point,
+for the paper's all-pairs FaithUB), after a stronger attack -> records streamed to the results file as each
 point is finished.
 """
 

@@ -62,7 +62,7 @@ class LirpaBounder:
             self._bounded_shape = layers[0].shape
             body = nn.Sequential(*layers[1:])
         example = torch.zeros(1, *self._bounded_shape, device=self.device, dtype=dtype)
-        # Both sparse-alpha options trip bugs in 0.3's activation.py (DESIGN.md); dense alphas are exact too.
+        # Both sparse-alpha options trip bugs in 0.3's activation.py (docs/design.md); dense alphas are exact too.
         with warnings.catch_warnings(), _library_errors("build a bounded module for"):
             # auto_LiRPA traces through torch.jit, which torch 2 marks deprecated on every call.
             warnings.simplefilter("ignore", DeprecationWarning)

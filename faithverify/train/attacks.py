@@ -35,7 +35,7 @@ class PGDConfig:
 
     @classmethod
     def evaluation(cls, eps: float, steps: int = 50) -> PGDConfig:
-        """The evaluation attack of DESIGN.md: ``steps`` steps of size ``2.5 * eps / steps``."""
+        """The paper's evaluation attack (PGD-50): ``steps`` steps of size ``2.5 * eps / steps``."""
         return cls(eps=eps, step=2.5 * eps / steps, steps=steps)
 
 

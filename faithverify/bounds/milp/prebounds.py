@@ -1,7 +1,7 @@
 """CROWN bounds on the input of every ReLU / max-pool layer: what makes the big-M constants small.
 
 With interval (IBP) bounds instead, 3-10 times more ReLUs are unstable and solves are 10-30 times slower
-(DESIGN.md), so the MILP takes the native engine's CROWN intermediate bounds (:mod:`faithverify.bounds.crown`),
+(docs/design.md), so the MILP takes the native engine's CROWN intermediate bounds (:mod:`faithverify.bounds.crown`),
 or tighter ones (alpha-CROWN's, branch and bound's) when the caller has them. The encoding intersects whatever
 comes from here with interval arithmetic.
 """
