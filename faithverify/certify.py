@@ -15,7 +15,6 @@ import multiprocessing
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
-from enum import StrEnum
 from typing import Any
 
 import numpy as np
@@ -27,6 +26,8 @@ from faithverify.bounds.crown import LayerBounds
 from faithverify.bounds.milp import Solver
 from faithverify.bounds.portfolio import Refiner
 from faithverify.bounds.softmax import LogitDiffBounds, faithfulness_from_logit_bounds
+from faithverify.errors import SoundnessViolation
+from faithverify.methods import RefineMode
 from faithverify.network import PiecewiseLinearNetwork
 from faithverify.pair import Pair
 from faithverify.refine import RefineResult, refine_point
@@ -37,18 +38,6 @@ from faithverify.verdict import Verdict, decide
 # A witness's onnxruntime gap may exceed the bound only by float32 evaluation noise; anything more means a bug,
 # and the run stops rather than report an unsound bound.
 SOUNDNESS_SLACK = 1e-6
-
-
-class SoundnessViolation(RuntimeError):
-    """An attack found a larger gap than a 'sound' upper bound: a bug, never a result."""
-
-
-class RefineMode(StrEnum):
-    """Which points the refinement stage (branch and bound, MILP) sees."""
-
-    NONE = "none"  # screening only
-    UNDECIDED = "undecided"  # with a delta: the points screening leaves undecided
-    ALL = "all"  # every point: FaithUB as tight as the time allows (the paper's FaithUB with the MILP)
 
 
 @dataclass(frozen=True)

@@ -27,6 +27,7 @@ from faithverify.cli_support import (
     summary_options,
     timeout_option,
 )
+from faithverify.methods import BoundMethod, Refiner
 
 if TYPE_CHECKING:
     from faithverify.results import PointResult
@@ -70,7 +71,7 @@ def main() -> None:
 @click.option(
     "--bounds",
     "methods",
-    type=click.Choice(["ibp", "crown", "alpha-crown", "coupled", "bab", "milp"]),
+    type=click.Choice([*(m.value for m in BoundMethod), *(r.value for r in Refiner)]),
     multiple=True,
     default=("ibp", "crown"),
     show_default=True,
@@ -205,9 +206,7 @@ def certify(
     """
 
     from faithverify.attack import PGDConfig
-    from faithverify.bounds.bounder import BoundMethod
     from faithverify.bounds.milp import Solver
-    from faithverify.bounds.portfolio import Refiner
     from faithverify.certify import CertifyConfig, RefineMode
     from faithverify.certify import certify as run_certify
     from faithverify.data import sample_beside, select_points

@@ -13,7 +13,7 @@ from typing import Any, TypeVar
 import click
 
 from faithverify.attack_config import PGDConfig
-from faithverify.errors import FaithverifyError
+from faithverify.errors import FaithverifyError, SoundnessViolation
 
 _PGD = PGDConfig()  # the attack's defaults
 
@@ -28,7 +28,6 @@ def reports_errors(func: F) -> F:
 
     @wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
-        from faithverify.certify import SoundnessViolation
 
         try:
             return func(*args, **kwargs)

@@ -37,3 +37,7 @@ class BoundingError(FaithverifyError):
 
 class SolverError(FaithverifyError):
     """A MILP solver is missing, unlicensed for the model, or failed on it."""
+
+
+class SoundnessViolation(RuntimeError):
+    """An attack found a larger gap than a 'sound' upper bound: a bug, never a result (exit code 3)."""

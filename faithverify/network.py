@@ -57,12 +57,6 @@ class SparseMatrix:
         return SparseMatrix(uniq // max(1, shape[1]), uniq % max(1, shape[1]), summed[keep], shape)
 
     @staticmethod
-    def from_dense(a: np.ndarray) -> SparseMatrix:
-        r, c = np.nonzero(a)
-        rows, cols = a.shape
-        return SparseMatrix(r.astype(np.int64), c.astype(np.int64), a[r, c].astype(np.float64), (rows, cols))
-
-    @staticmethod
     def identity(n: int) -> SparseMatrix:
         idx = np.arange(n, dtype=np.int64)
         return SparseMatrix(idx, idx.copy(), np.ones(n), (n, n))
@@ -130,11 +124,6 @@ class SparseMatrix:
 
     def scaled(self, factor: float) -> SparseMatrix:
         return SparseMatrix(self.rows, self.cols, self.vals * factor, self.shape)
-
-    def to_dense(self) -> np.ndarray:
-        out = np.zeros(self.shape)
-        out[self.rows, self.cols] = self.vals
-        return out
 
 
 def _gather_ranges(starts: np.ndarray, counts: np.ndarray) -> np.ndarray:

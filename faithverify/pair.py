@@ -1,7 +1,7 @@
 """The paired graph: one model with input ``x`` and outputs ``z_t``, ``z_s`` and ``f_t(x) - f_s(x)``.
 
 The ONNX form is what ``faithverify pair`` writes and what every witness is re-checked on with onnxruntime;
-the torch form (:class:`PairedModule`) is what gets attacked. Bounds are computed per network (see
+the two networks' torch modules are what gets attacked. Bounds are computed per network (see
 :mod:`faithverify.bounds.bounder`), which is equivalent and faster than bounding the merged graph.
 """
 
@@ -12,9 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import onnx
-import torch
 from onnx import compose, helper, version_converter
-from torch import nn
 
 from faithverify.errors import ModelLoadError, ModelMismatchError
 from faithverify.onnx_io import LoadedModel, load_model, run_onnxruntime
@@ -26,19 +24,6 @@ GAP = "gap"  # softmax(z_t) - softmax(z_s), shape [N, C]
 _MIN_OPSET = 13  # Softmax over the last axis only means "per row" without the 2-D coercion from opset 13
 
 
-class PairedModule(nn.Module):
-    """Torch form of the paired graph: ``x -> (z_t, z_s, softmax(z_t) - softmax(z_s))``."""
-
-    def __init__(self, teacher: nn.Module, student: nn.Module) -> None:
-        super().__init__()
-        self.teacher = teacher
-        self.student = student
-
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        z_t, z_s = self.teacher(x), self.student(x)
-        return z_t, z_s, torch.softmax(z_t, dim=-1) - torch.softmax(z_s, dim=-1)
-
-
 @dataclass(frozen=True)
 class Pair:
     """A validated teacher/student pair and its paired graph."""
@@ -46,7 +31,6 @@ class Pair:
     teacher: LoadedModel
     student: LoadedModel
     onnx_model: onnx.ModelProto
-    module: PairedModule
 
     @property
     def input_shape(self) -> tuple[int, ...]:
@@ -167,7 +151,7 @@ def pair_models(
     """Pair two loaded models; with ``check``, the paired ONNX must reproduce the separate models."""
     check_compatible(teacher, student)
     paired = build_paired_onnx(teacher.onnx_model, student.onnx_model)
-    pair = Pair(teacher, student, paired, PairedModule(teacher.module, student.module))
+    pair = Pair(teacher, student, paired)
     if check:
         rng = np.random.default_rng(0)
         x = rng.random((8, *teacher.input_shape), dtype=np.float32)

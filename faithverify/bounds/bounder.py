@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass
-from enum import StrEnum
 
 import numpy as np
 import torch
@@ -22,21 +21,9 @@ from faithverify.bounds.coupled import CoupledBound, coupled_bound
 from faithverify.bounds.crown import Box, LayerBounds
 from faithverify.bounds.softmax import LogitDiffBounds, faithfulness_from_logit_bounds
 from faithverify.bounds.torchnet import BoundNetwork
+from faithverify.methods import BoundMethod, Engine
 from faithverify.network import PiecewiseLinearNetwork
 from faithverify.pair import Pair
-
-
-class BoundMethod(StrEnum):
-    IBP = "ibp"
-    CROWN = "crown"
-    ALPHA_CROWN = "alpha-crown"
-    COUPLED = "coupled"  # teacher and student bounded together (bounds/coupled.py), on the others' bounds
-
-
-class Engine(StrEnum):
-    NATIVE = "native"
-    AUTO_LIRPA = "auto_lirpa"
-
 
 _AUTO_LIRPA_METHOD = {
     BoundMethod.IBP: "IBP",

@@ -15,7 +15,6 @@ import math
 import time
 from collections.abc import Sequence
 from dataclasses import replace
-from enum import StrEnum
 
 import numpy as np
 import torch
@@ -27,16 +26,12 @@ from faithverify.bounds.milp import NetworkMILP, Solver, SolveResult
 from faithverify.bounds.milp.backends import Status
 from faithverify.bounds.milp.encoding import LayerBounds as LayerBoundsArrays
 from faithverify.bounds.torchnet import BoundNetwork
+from faithverify.methods import Refiner
 from faithverify.network import PiecewiseLinearNetwork
 
 # Share of a solve's time that branch and bound gets before the MILP takes over (when both are in use).
 BAB_SHARE = 0.4
 _ROOT_ALPHA_ITERATIONS = 20
-
-
-class Refiner(StrEnum):
-    BAB = "bab"
-    MILP = "milp"
 
 
 _SETTLED = {str(Status.BOUND_BELOW_CUTOFF), str(Status.INCUMBENT_ABOVE_CUTOFF)}

@@ -6,7 +6,6 @@ Notation: ``z`` logits ``[N, C]``, ``softmax_T(z)_j = exp(z_j / T) / sum_k exp(z
 
 from __future__ import annotations
 
-import torch
 import torch.nn.functional as F
 from torch import Tensor
 
@@ -128,9 +127,3 @@ def faithful_distillation_loss(
     clean = distillation_kl(teacher_clean, student_clean, temperature)
     adversarial = kl_teacher_student(teacher_adv, student_adv)
     return (1.0 - alpha) * clean + alpha * adversarial
-
-
-def mean_max_prob_gap(teacher_logits: Tensor, student_logits: Tensor) -> Tensor:
-    """``mean_n ||f_t(z_n) - f_s(z_n)||_inf``: the faithfulness gap at the given inputs (for logging)."""
-    with torch.no_grad():
-        return (F.softmax(teacher_logits, dim=1) - F.softmax(student_logits, dim=1)).abs().amax(dim=1).mean()

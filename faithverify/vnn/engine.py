@@ -24,7 +24,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from enum import StrEnum
 
 import numpy as np
@@ -133,7 +133,6 @@ class Answer:
     x: np.ndarray | None = None  # the counterexample input (flat float32) for sat
     y: np.ndarray | None = None  # the reference outputs there (onnxruntime)
     reason: str = ""
-    stats: dict[str, float] = field(default_factory=dict)
 
 
 def problem_outputs(query: Problem, x: torch.Tensor) -> torch.Tensor:

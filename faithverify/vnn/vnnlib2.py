@@ -133,10 +133,6 @@ class Query:
             start += n.n_outputs
         return slices
 
-    def to_property(self) -> Property:
-        """The same region and unsafe set as a single-network :class:`Property` over the concatenated outputs."""
-        return self._property
-
     def is_unsafe(self, y: np.ndarray, tolerance: float = 0.0) -> bool:
         """Whether the concatenated outputs ``y`` lie in the unsafe set (rows relaxed by ``tolerance``)."""
         return self._property.is_unsafe(y, tolerance)

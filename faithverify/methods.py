@@ -1,0 +1,37 @@
+"""The names of the methods, as types: what the command line, the gate and records use (free of torch, so the
+command line lists them without importing it)."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+
+class BoundMethod(StrEnum):
+    """Screening methods: every point of a batch at once."""
+
+    IBP = "ibp"
+    CROWN = "crown"
+    ALPHA_CROWN = "alpha-crown"
+    COUPLED = "coupled"  # teacher and student bounded together (bounds/coupled.py), on the others' bounds
+
+
+class Refiner(StrEnum):
+    """Exact methods of the refinement stage: one point at a time, within a time budget."""
+
+    BAB = "bab"
+    MILP = "milp"
+
+
+class RefineMode(StrEnum):
+    """Which points the refinement stage sees."""
+
+    NONE = "none"  # screening only
+    UNDECIDED = "undecided"  # with a delta: the points screening leaves undecided
+    ALL = "all"  # every point: FaithUB as tight as the time allows (the paper's FaithUB with the MILP)
+
+
+class Engine(StrEnum):
+    """Who computes the screening bounds."""
+
+    NATIVE = "native"
+    AUTO_LIRPA = "auto_lirpa"
