@@ -73,7 +73,7 @@ def main() -> None:
     "methods",
     type=click.Choice([*(m.value for m in BoundMethod), *(r.value for r in Refiner)]),
     multiple=True,
-    default=("ibp", "crown"),
+    default=("crown", "coupled"),
     show_default=True,
     help="Upper-bound methods (repeat for several). FaithUB is the smallest of them; each is reported. "
     "ibp, crown and alpha-crown screen every point network by network (the paper's eq. 4-6); coupled bounds "

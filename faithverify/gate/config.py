@@ -32,13 +32,13 @@ Top level (all optional):
 ``name`` (default: the kind and its parameters); the other keys depend on the kind:
 
 - ``max_mean_faith_ub``: mean FaithUB over the points at ``eps`` <= threshold. ``bounds`` (``"crown"``
-  default; ``"ibp"``, ``"alpha-crown"``, or a list: the smallest bound counts), ``milp = true`` for an exact
-  MILP on every point (the paper's FaithUB; slow), with ``solver`` (``"auto"``, ``"highs"``, ``"gurobi"``)
-  and ``milp_timeout_s`` (default 60, per point).
+  default; ``"ibp"``, ``"alpha-crown"``, ``"coupled"``, or a list: the smallest bound counts), ``milp = true``
+  for an exact MILP on every point (the paper's FaithUB; slow), with ``solver`` (``"auto"``, ``"highs"``,
+  ``"gurobi"``) and ``milp_timeout_s`` (default 60, per point).
 - ``min_certified_share``: share of points certified (FaithUB < ``delta``) at ``eps`` >= threshold.
 - ``max_violated_share``: share of points with a witness whose gap exceeds ``delta`` at ``eps`` <= threshold.
   Both take ``eps``, ``delta``, ``bounds`` and ``refine`` (default false; true refines the points that bound
-  propagation leaves undecided with the exact MILP, with ``solver`` and ``milp_timeout_s``).
+  propagation leaves undecided with branch and bound and the MILP, with ``solver`` and ``milp_timeout_s``).
 - ``min_agreement``: distillation agreement (Def. 3) at ``eps`` >= threshold.
 - ``min_robust_accuracy``: PGD robust accuracy of ``model`` (``"teacher"`` or ``"student"``) at ``eps``.
 - ``max_mean_emp_lb``: mean EmpLB (the largest gap PGD finds) at ``eps`` <= threshold.
@@ -64,8 +64,9 @@ from faithverify.attack_config import PGDConfig
 from faithverify.data import KNOWN_DATASETS
 from faithverify.gate.kinds import KINDS, CheckKind
 from faithverify.gate.reader import GateConfigError, KeyLines, Table, located, show
+from faithverify.methods import BoundMethod
 
-BOUND_METHODS = ("ibp", "crown", "alpha-crown")
+BOUND_METHODS = tuple(m.value for m in BoundMethod)  # the screening methods
 SOLVERS = ("auto", "highs", "gurobi")
 MODELS = ("teacher", "student")
 DEVICES = ("auto", "cpu", "cuda")
