@@ -26,7 +26,6 @@ from __future__ import annotations
 import argparse
 import hashlib
 import platform
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -45,10 +44,8 @@ from faithverify.certify import CertifyConfig, RefineMode, certify
 from faithverify.data import fit_to_input_shape, load_dataset
 from faithverify.pair import load_pair
 from faithverify.results import EpsSummary, PointResult, ResultsFile, read_results, summarize
+from faithverify.train import paper_numbers as paper
 from faithverify.train.recipes import STUDENT_METHODS, get_recipe
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import paper_numbers as paper
 
 REPO = Path(__file__).resolve().parents[2]
 RESULTS = REPO / "benchmarks" / "paper" / "results"

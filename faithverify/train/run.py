@@ -22,6 +22,7 @@ from torch import Tensor, nn
 from faithverify.data import Dataset, fit_to_input_shape, load_dataset
 from faithverify.errors import ModelMismatchError
 from faithverify.onnx_io import load_model
+from faithverify.train import paper_numbers as paper
 from faithverify.train.architectures import build, get_spec
 from faithverify.train.attacks import accuracy, robust_accuracy
 from faithverify.train.export import check_onnx, export_onnx
@@ -226,13 +227,51 @@ def train_recipe(
 PAPER_SETTINGS = "the paper's (Appendix A); where it is silent, see `faithverify recipes`"
 
 
+def eps_text(eps: str | float, dataset: str) -> str:
+    """A radius as the paper writes it: ``k/255`` on Fashion-MNIST and CIFAR-10, a decimal on MNIST."""
+    value = float(eps)
+    k = round(value * 255)
+    return f"{k}/255" if dataset != "mnist" and abs(value * 255 - k) < 1e-3 else f"{value:g}"
+
+
+def against_the_paper(card: ModelCard, recipe: Recipe) -> list[str]:
+    """Card lines comparing the model with the paper's clean accuracy and Table 6, and what was tried where it
+    misses the reproduction tolerances."""
+    clean = paper.CLEAN.get(recipe.dataset, {}).get(recipe.method)
+    robust = paper.ROBUST.get(recipe.dataset, {}).get(recipe.method, {})
+    if clean is None:
+        return []
+    cells = [
+        f"clean {100 * card.clean_accuracy:.1f}% vs {clean:.1f}% ({100 * card.clean_accuracy - clean:+.1f})"
+    ]
+    misses = abs(100 * card.clean_accuracy - clean) > paper.CLEAN_TOLERANCE
+    for key, value in card.robust_accuracy.items():
+        theirs = next((v for e, v in robust.items() if abs(e - float(key)) < 1e-5 and v is not None), None)
+        if theirs is None:
+            continue
+        cells.append(
+            f"{eps_text(key, recipe.dataset)} {100 * value:.1f}% vs {theirs:.1f}% ({100 * value - theirs:+.1f})"
+        )
+        misses |= abs(100 * value - theirs) > paper.ROBUST_TOLERANCE
+    out = [f"- **Against the paper** (ours vs its clean accuracy and Table 6, PGD-50): {'; '.join(cells)}."]
+    if misses:
+        out.append(
+            f"- **Not a reproduction** (more than {paper.CLEAN_TOLERANCE:g} point clean or "
+            f"{paper.ROBUST_TOLERANCE:g} points robust off the paper). Tried: {paper.TRIED[recipe.dataset]}."
+        )
+    return out
+
+
 def _pct(v: float) -> str:
     return f"{100 * v:.2f}%"
 
 
 def render_card(card: ModelCard, recipe: Recipe) -> str:
     """The Markdown card: what the file is, how it was trained, how well it does."""
-    rob = ", ".join(f"{_pct(v)} at eps {e}" for e, v in card.robust_accuracy.items()) or "not measured"
+    rob = (
+        ", ".join(f"{_pct(v)} at eps {eps_text(e, recipe.dataset)}" for e, v in card.robust_accuracy.items())
+        or "not measured"
+    )
     lines = [
         f"# `{card.file}`: {recipe.name}",
         "",
@@ -265,6 +304,7 @@ def render_card(card: ModelCard, recipe: Recipe) -> str:
         lines.append(
             f"- **Agreement with the teacher** (clean test set, same arg-max): {_pct(card.teacher_agreement)}."
         )
+    lines += against_the_paper(card, recipe)
     lines += [
         f"- **Time**: training {card.train_seconds / 60:.1f} min, evaluation {card.eval_seconds / 60:.1f} min on "
         f"{card.environment.get('threads', '?')} threads ({card.environment.get('machine', '')}, torch "
