@@ -154,13 +154,14 @@ def read_results(path: str | Path) -> tuple[dict[str, Any], list[PointResult]]:
 class MeanStd:
     mean: float
     std: float
+    count: int = 0  # how many values the mean is over
 
     @staticmethod
     def of(values: Sequence[float]) -> MeanStd:
         a = np.asarray(values, dtype=np.float64)
         if a.size == 0:
             return MeanStd(math.nan, math.nan)
-        return MeanStd(float(a.mean()), float(a.std()))
+        return MeanStd(float(a.mean()), float(a.std()), int(a.size))
 
     def __str__(self) -> str:
         return f"{self.mean:.4f} ± {self.std:.4f}"
@@ -252,7 +253,12 @@ def format_table(rows: Sequence[EpsSummary]) -> str:
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
         cells = [f"{r.eps:g}", str(r.n), str(r.emp_lb), str(r.faith_ub)]
-        cells += [str(r.by_method[m]) if m in r.by_method else "-" for m in methods]
+        # A method that ran on some points only (the refinement) says over how many its mean is.
+        cells += [
+            "-" if m not in r.by_method
+            else str(r.by_method[m]) + ("" if r.by_method[m].count == r.n else f" ({r.by_method[m].count} of {r.n})")
+            for m in methods
+        ]  # fmt: skip
         cells += [_pct(r.agreement), _pct(r.teacher_robust_accuracy), _pct(r.student_robust_accuracy)]
         cells += [_pct(r.teacher_accuracy), _pct(r.student_accuracy)]
         cells.append(f"{1000 * sum(r.seconds_per_point.values()):.1f}")
