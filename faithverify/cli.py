@@ -15,6 +15,8 @@ from typing import TYPE_CHECKING
 import click
 
 from faithverify import __version__
+from faithverify.cli_gate import gate
+from faithverify.cli_report import heatmap, report
 from faithverify.cli_support import (
     attack_options,
     data_options,
@@ -27,6 +29,8 @@ from faithverify.cli_support import (
     summary_options,
     timeout_option,
 )
+from faithverify.cli_train import distill, recipes, train_teacher
+from faithverify.cli_vnn import bench, export_vnn, verify_instance
 from faithverify.methods import BoundMethod, Refiner
 
 if TYPE_CHECKING:
@@ -53,7 +57,8 @@ def main() -> None:
     For a teacher/student pair given as ONNX classifiers and points x0 with a radius eps, faithverify bounds
     max ||softmax(teacher(x)) - softmax(student(x))||_inf over the L-inf ball around x0: a lower bound by
     attack (EmpLB, with a witness re-checked by onnxruntime) and a sound upper bound (FaithUB, by bound
-    propagation, refined by an exact MILP where asked). See the README for the quick start.
+    propagation per network and for both together, refined by branch and bound and an exact MILP where asked).
+    See the README for the quick start.
     """
     # Library warnings (a Gurobi license that refuses a model, a fallback to slower bounds) reach the user as
     # one line each; progress and results are printed by the commands themselves.
@@ -376,24 +381,9 @@ def summary(results: Path, as_json: bool, csv_path: Path | None) -> None:
     click.echo(json.dumps([r.to_dict() for r in rows], indent=2) if as_json else format_table(rows))
 
 
-# Training commands live in their own module; registering them here keeps one `faithverify` entry point.
-from faithverify.cli_train import distill, recipes, train_teacher  # noqa: E402
-
-main.add_command(recipes)
-main.add_command(train_teacher)
-main.add_command(distill)
-from faithverify.cli_report import heatmap, report  # noqa: E402
-
-main.add_command(report)
-main.add_command(heatmap)
-from faithverify.cli_gate import gate  # noqa: E402
-
-main.add_command(gate)
-from faithverify.cli_vnn import bench, export_vnn, verify_instance  # noqa: E402
-
-main.add_command(export_vnn)
-main.add_command(bench)
-main.add_command(verify_instance)
+# The other command groups live in their own modules; registering them here keeps one `faithverify` entry point.
+for command in (recipes, train_teacher, distill, report, heatmap, gate, export_vnn, bench, verify_instance):
+    main.add_command(command)
 
 if __name__ == "__main__":
     main()
