@@ -10,18 +10,27 @@ Typical use (``faithverify train-teacher`` and ``distill`` do this from a named 
     check_onnx(student, "student-fd.onnx", input_shape=(784,))
 """
 
-from faithverify.train.architectures import ARCHITECTURES, MLPSpec, build, build_mlp, get_spec
-from faithverify.train.attacks import (
-    PGDConfig,
-    accuracy,
-    pgd_cross_entropy,
-    pgd_maximise,
-    pgd_teacher_student_kl,
-    robust_accuracy,
-)
-from faithverify.train.export import ExportCheckError, check_onnx, export_onnx
-from faithverify.train.loop import TrainConfig, TrainResult, train
-from faithverify.train.methods import AdversarialTraining, FaithfulDistillation, Method
+import importlib
+from typing import Any
+
+# Where each public name lives; modules load on first use, so that importing a torch-free part (the recipes, for
+# the command line) does not load torch.
+_WHERE = {
+    "ARCHITECTURES": "architectures", "MLPSpec": "architectures", "build": "architectures",
+    "build_mlp": "architectures", "get_spec": "architectures",
+    "PGDConfig": "attacks", "accuracy": "attacks", "pgd_cross_entropy": "attacks", "pgd_maximise": "attacks",
+    "pgd_teacher_student_kl": "attacks", "robust_accuracy": "attacks",
+    "ExportCheckError": "export", "check_onnx": "export", "export_onnx": "export",
+    "TrainConfig": "loop", "TrainResult": "loop", "train": "loop",
+    "AdversarialTraining": "methods", "FaithfulDistillation": "methods", "Method": "methods",
+}  # fmt: skip
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _WHERE:
+        raise AttributeError(f"module 'faithverify.train' has no attribute {name!r}")
+    return getattr(importlib.import_module(f"faithverify.train.{_WHERE[name]}"), name)
+
 
 __all__ = [
     "ARCHITECTURES",

@@ -29,20 +29,14 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import asdict, dataclass, fields, replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from torch import nn
+if TYPE_CHECKING:  # torch-free at import: the command line lists recipes without loading torch
+    from torch import nn
 
-from faithverify.train.attacks import PGDConfig
-from faithverify.train.loop import TrainConfig
-from faithverify.train.methods import (
-    AdversariallyRobustDistillation,
-    AdversarialTraining,
-    FaithfulDistillation,
-    Method,
-    RobustSoftLabelDistillation,
-    StandardDistillation,
-)
+    from faithverify.train.attacks import PGDConfig
+    from faithverify.train.loop import TrainConfig
+    from faithverify.train.methods import Method
 
 TEACHER = "teacher"
 STUDENT_METHODS = ("sd", "ard", "rslad", "fd")
@@ -98,6 +92,8 @@ class Recipe:
 
     @property
     def attack(self) -> PGDConfig:
+        from faithverify.train.attacks import PGDConfig
+
         step = self.pgd_step if self.pgd_step is not None else self.adv_eps / 4
         return PGDConfig(eps=self.adv_eps, step=step, steps=self.pgd_steps)
 
@@ -106,6 +102,8 @@ class Recipe:
         return self.method != "sd"
 
     def train_config(self, num_threads: int | None = 2) -> TrainConfig:
+        from faithverify.train.loop import TrainConfig
+
         # Epochs inside the eps warm-up were trained at a smaller eps: never pick one of them as "best".
         warmup = self.eps_warmup if self.uses_attack else 0.0
         first = min(int(warmup * self.epochs) + 1, self.epochs)
@@ -124,6 +122,14 @@ class Recipe:
 
     def build_method(self, teacher: nn.Module | None) -> Method:
         """The training method; students need the (frozen) ``teacher``."""
+        from faithverify.train.methods import (
+            AdversariallyRobustDistillation,
+            AdversarialTraining,
+            FaithfulDistillation,
+            RobustSoftLabelDistillation,
+            StandardDistillation,
+        )
+
         if self.is_teacher:
             return AdversarialTraining(self.attack, eps_warmup=self.eps_warmup)
         if teacher is None:

@@ -33,6 +33,8 @@ import torch
 from faithverify.attack import float32_box, maximize_in_box
 from faithverify.attack_config import PGDConfig
 from faithverify.bounds.bounder import BoundMethod, NetworkBounder
+from faithverify.bounds.coupled import coupled_bound
+from faithverify.bounds.crown import Box, LayerBounds
 from faithverify.bounds.milp import Solver
 from faithverify.bounds.milp.backends import Status
 from faithverify.bounds.portfolio import ExactSolver
@@ -221,6 +223,7 @@ class _BoxBounds:
 
     bounders: list[NetworkBounder]
     diffs: list[LogitDiffBounds]
+    layers: list[LayerBounds]
     out_lower: np.ndarray  # [M]
     out_upper: np.ndarray
 
@@ -228,13 +231,14 @@ class _BoxBounds:
 def _box_bounds(query: Problem, lower: np.ndarray, upper: np.ndarray) -> _BoxBounds:
     lo = torch.from_numpy(lower)[None]
     hi = torch.from_numpy(upper)[None]
-    bounders, diffs, out_lo, out_hi = [], [], [], []
+    bounders, diffs, layers, out_lo, out_hi = [], [], [], [], []
     for net in query.networks:
-        body = net.model.module.flat_body()
-        bounder = NetworkBounder(body, net.input_dim, net.num_outputs)
+        bounder = NetworkBounder(net.model.network, net.input_dim, net.num_outputs)
         bounders.append(bounder)
-        d = bounder.logit_diff_bounds(lo, hi, BoundMethod.CROWN)
+        d, layer_bounds = bounder.logit_diff_bounds_with_layers(lo, hi, BoundMethod.CROWN)
+        assert layer_bounds is not None
         diffs.append(d)
+        layers.append(layer_bounds)
         if net.probabilities:
             s = softmax_bounds(d.widened())
             out_lo.append(s.lower[0])
@@ -246,7 +250,22 @@ def _box_bounds(query: Problem, lower: np.ndarray, upper: np.ndarray) -> _BoxBou
             )
             out_lo.append(lb[: net.num_outputs])
             out_hi.append(-lb[net.num_outputs :])
-    return _BoxBounds(bounders, diffs, np.concatenate(out_lo), np.concatenate(out_hi))
+    return _BoxBounds(bounders, diffs, layers, np.concatenate(out_lo), np.concatenate(out_hi))
+
+
+def _pair_screen(bounds: _BoxBounds, box: tuple[np.ndarray, np.ndarray]) -> float:
+    """A pair query's FaithUB by certify's default screening (CROWN, then the coupled bound over both)."""
+    nets = (bounds.bounders[0].network, bounds.bounders[1].network)
+    lo, hi = (torch.from_numpy(b)[None].to(nets[0].device, nets[0].dtype) for b in box)
+    centre = (lo + hi) / 2
+    result = coupled_bound(
+        nets,
+        (bounds.layers[0], bounds.layers[1]),
+        (bounds.diffs[0], bounds.diffs[1]),
+        Box.of(lo, hi),
+        [centre],
+    )
+    return float(result.value[0])
 
 
 def _single_logits_network(query: Problem, row: np.ndarray) -> int | None:
@@ -315,6 +334,7 @@ def verify(
         return Answer(outcome, stage, time.monotonic() - started, reason=reason, **kw)  # type: ignore[arg-type]
 
     open_boxes: list[tuple[tuple[np.ndarray, np.ndarray], list[int], _BoxBounds]] = []
+    pair_delta = _pair_faithfulness_delta(query)
     for box in query.boxes:
         with torch_threads(1):
             found = _attack(query, *box, attack_steps, restarts, seed, deadline)
@@ -323,6 +343,8 @@ def verify(
         if time.monotonic() > deadline:
             return answer(Outcome.TIMEOUT, "attack", "out of time in the attack")
         bounds = _box_bounds(query, *box)
+        if pair_delta is not None and _pair_screen(bounds, box) < pair_delta:
+            continue  # the pair's faithfulness property holds on this box: FaithUB < delta
         remaining = []
         for index, (a, b) in enumerate(query.unsafe):
             refuted = any(_row_lower_bound(query, bounds, box, a[k]) - b[k] > 0 for k in range(len(b)))
