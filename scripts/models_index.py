@@ -53,7 +53,9 @@ def main() -> None:
     lines += [
         "",
         "Test sets: MNIST and Fashion-MNIST 10,000 images, CIFAR-10 the 1,000 test images available here.",
-        "`models/mnist/CARD.md` explains the choices behind the MNIST pair (among them the teacher's eps 0.1).",
+        "MNIST and Fashion-MNIST follow the paper's recipes (`faithverify recipes`); each card compares its model",
+        "with the paper's accuracies. CIFAR-10 is still the earlier set (its paper recipe is on its way: see the",
+        "cards' notes and `benchmarks/paper/results/summary.md`).",
     ]
     (MODELS / "README.md").write_text("\n".join(lines) + "\n")
 
