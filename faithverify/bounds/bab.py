@@ -49,7 +49,7 @@ from torch import Tensor
 from faithverify.bounds import crown
 from faithverify.bounds.crown import Box, LayerBounds, Relaxations
 from faithverify.bounds.milp.backends import Status
-from faithverify.bounds.milp.model import SolveResult
+from faithverify.bounds.milp.model import SolveResult, logit_diff_weights
 from faithverify.bounds.torchnet import BoundNetwork, Relu
 
 # Relative slack of a leaf LP's split rows (see leaf_maximum): far above the LP's 1e-9 feasibility tolerance.
@@ -174,11 +174,7 @@ class NetworkBaB:
         start: np.ndarray | None = None,
     ) -> SolveResult:
         """Sound upper bound on ``max_{x in box} z_j(x) - z_i(x)`` (same contract as the MILP's)."""
-        c = self.num_classes
-        if not (0 <= i < c and 0 <= j < c) or i == j:
-            raise ValueError(f"need two different classes in [0, {c}), got i={i}, j={j}")
-        weights = np.zeros(c)
-        weights[j], weights[i] = 1.0, -1.0
+        weights = logit_diff_weights(self.num_classes, i, j)
         return self.solve(weights, time_limit=time_limit, cutoff=cutoff, stop_below=stop_below, start=start)
 
     def solve(

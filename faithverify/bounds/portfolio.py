@@ -25,6 +25,7 @@ from faithverify.bounds.crown import Box, LayerBounds
 from faithverify.bounds.milp import NetworkMILP, Solver, SolveResult
 from faithverify.bounds.milp.backends import Status
 from faithverify.bounds.milp.encoding import LayerBounds as LayerBoundsArrays
+from faithverify.bounds.milp.model import logit_diff_weights
 from faithverify.bounds.torchnet import BoundNetwork
 from faithverify.methods import Refiner
 from faithverify.network import PiecewiseLinearNetwork
@@ -118,11 +119,7 @@ class ExactSolver:
         start: np.ndarray | None = None,
     ) -> SolveResult:
         """Sound upper bound on ``max_{x in box} z_j(x) - z_i(x)``."""
-        c = self.network.output_dim
-        if not (0 <= i < c and 0 <= j < c) or i == j:
-            raise ValueError(f"need two different classes in [0, {c}), got i={i}, j={j}")
-        weights = np.zeros(c)
-        weights[j], weights[i] = 1.0, -1.0
+        weights = logit_diff_weights(self.network.output_dim, i, j)
         return self.maximize(
             weights, time_limit=time_limit, cutoff=cutoff, stop_below=stop_below, start=start
         )

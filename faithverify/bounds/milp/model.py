@@ -101,6 +101,15 @@ class SolveResult:
     witness_value: float | None = None
 
 
+def logit_diff_weights(num_classes: int, i: int, j: int) -> np.ndarray:
+    """The linear form of the logits that is ``z_j - z_i`` (what every exact method's ``max_logit_diff`` solves)."""
+    if not (0 <= i < num_classes and 0 <= j < num_classes) or i == j:
+        raise ValueError(f"need two different classes in [0, {num_classes}), got i={i}, j={j}")
+    weights = np.zeros(num_classes)
+    weights[j], weights[i] = 1.0, -1.0
+    return weights
+
+
 def soundness_margin(bound: float, total_range: float) -> float:
     """What is added to a solver's dual bound (module docstring)."""
     return ABS_MARGIN + REL_MARGIN * abs(bound) + DUAL_FEASIBILITY_TOL * total_range
@@ -212,11 +221,7 @@ class NetworkMILP:
         answer to "is the maximum <= cutoff?" is known, with ``stop_below`` as soon as the bound is at most
         that (module docstring). ``start``: inputs ``[K, D]`` (e.g. PGD witnesses) to seed the search for a
         first incumbent."""
-        c = self.num_classes
-        if not (0 <= i < c and 0 <= j < c) or i == j:
-            raise ValueError(f"need two different classes in [0, {c}), got i={i}, j={j}")
-        weights = np.zeros(c)
-        weights[j], weights[i] = 1.0, -1.0
+        weights = logit_diff_weights(self.num_classes, i, j)
         return self.maximize(
             weights, time_limit=time_limit, cutoff=cutoff, stop_below=stop_below, start=start
         )
