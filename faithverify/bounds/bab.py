@@ -50,7 +50,7 @@ from faithverify.bounds import crown
 from faithverify.bounds.crown import Box, LayerBounds, Relaxations
 from faithverify.bounds.milp.backends import Status
 from faithverify.bounds.milp.model import SolveResult, logit_diff_weights
-from faithverify.bounds.torchnet import BoundNetwork, Relu
+from faithverify.bounds.torchnet import Affine, BoundNetwork, Relu
 
 # Relative slack of a leaf LP's split rows (see leaf_maximum): far above the LP's 1e-9 feasibility tolerance.
 _LEAF_SLACK = 1e-7
@@ -86,16 +86,15 @@ class _Domains:
         return int(self.bound.shape[0])
 
     def take(self, index: Tensor) -> _Domains:
-        pick = _pick(index)
+        """The domains at ``index``, copied (advanced indexing copies)."""
+
+        def pick(part: dict[int, Tensor]) -> dict[int, Tensor]:
+            return {k: v[index] for k, v in part.items()}
+
         return _Domains(
-            {k: pick(v) for k, v in self.lower.items()},
-            {k: pick(v) for k, v in self.upper.items()},
-            {k: pick(v) for k, v in self.split.items()},
-            {k: pick(v) for k, v in self.alpha.items()},
-            {k: pick(v) for k, v in self.beta.items()},
-            {k: pick(v) for k, v in self.lam.items()},
-            self.bound[index],
-        )
+            pick(self.lower), pick(self.upper), pick(self.split), pick(self.alpha), pick(self.beta),
+            pick(self.lam), self.bound[index],
+        )  # fmt: skip
 
     @staticmethod
     def cat(parts: list[_Domains]) -> _Domains:
@@ -108,10 +107,6 @@ class _Domains:
             join("lower"), join("upper"), join("split"), join("alpha"), join("beta"), join("lam"),
             torch.cat([p.bound for p in parts]),
         )  # fmt: skip
-
-
-def _pick(index: Tensor):
-    return lambda t: t[index]
 
 
 @dataclass
@@ -370,7 +365,8 @@ class NetworkBaB:
                 self.net, coeffs, len(self.net.layers), layers.relax, best_alpha, extra, taps
             )
             first = self.net.layers[0]
-            a_x = first.back(a) if hasattr(first, "back") else a  # type: ignore[union-attr]
+            # (a network that starts with a ReLU has no first affine map: its coefficients are the input's)
+            a_x = first.back(a) if isinstance(first, Affine) else a
             primal = torch.where(a_x[:, 0] > 0, box.lower, box.upper)
         return (
             best,
