@@ -49,7 +49,7 @@ def main() -> None:
         lower, upper = input_box(x[k : k + 1], args.eps)
         for batch in args.batch:
             bab = NetworkBaB(net, lower[0], upper[0], settings=BabSettings(batch=batch))
-            r = bab.maximize(weights, time_limit=args.seconds)
+            r = bab.search(weights, time_limit=args.seconds)
             lines.append(
                 f"| {k} | {batch} | {r.domains} | {r.domains / r.seconds:.0f} | {r.bound:.4f} | {r.best:.4f} "
                 f"| {r.exact} |"

@@ -68,10 +68,10 @@ def test_anytime_bound_only_improves_and_a_time_limit_is_sound() -> None:
     form = PiecewiseLinearNetwork.from_module(body, 12)
     bab = NetworkBaB(BoundNetwork.of(form), lower, upper, settings=BabSettings(batch=16))
     w = _weights(5, 0, 1)
-    short = bab.maximize(w, time_limit=0.3)
+    short = bab.search(w, time_limit=0.3)
     bounds = [b for _, b in short.history]
     assert bounds == sorted(bounds, reverse=True)  # never increases
-    full = bab.maximize(w, time_limit=60)
+    full = bab.search(w, time_limit=60)
     assert full.exact
     assert short.bound >= full.bound - EXACT_TOL * (1 + abs(full.bound))
     assert short.bound >= _sampled_max(body, lower, upper, w)
@@ -80,11 +80,11 @@ def test_anytime_bound_only_improves_and_a_time_limit_is_sound() -> None:
 def test_stops_at_the_callers_levels() -> None:
     body, lower, upper = _problem(3, [10, 16, 16, 16, 4], 0.2)
     bab = NetworkBaB(BoundNetwork.of(PiecewiseLinearNetwork.from_module(body, 10)), lower, upper)
-    exact = bab.maximize(_weights(4, 1, 2), time_limit=60)
+    exact = bab.search(_weights(4, 1, 2), time_limit=60)
     assert exact.exact
-    high = bab.maximize(_weights(4, 1, 2), stop_below=exact.bound + 1.0)
+    high = bab.search(_weights(4, 1, 2), stop_below=exact.bound + 1.0)
     assert high.status == Status.BOUND_BELOW_CUTOFF and high.bound <= exact.bound + 1.0
-    below = bab.maximize(_weights(4, 1, 2), cutoff=exact.best - 0.5)
+    below = bab.search(_weights(4, 1, 2), cutoff=exact.best - 0.5)
     assert below.status == Status.INCUMBENT_ABOVE_CUTOFF and below.best > exact.best - 0.5
 
 

@@ -61,7 +61,7 @@ def test_branch_and_bound_on_cuda_agrees_with_the_cpu(shipped) -> None:
     results = []
     for device in ("cpu", "cuda"):
         bab = NetworkBaB(BoundNetwork.of(pair.teacher.network, device), lower[0], upper[0])
-        results.append(bab.maximize(weights, time_limit=20))
+        results.append(bab.search(weights, time_limit=20))
     cpu, gpu = results
     assert gpu.bound >= gpu.best and cpu.bound >= cpu.best
     if cpu.exact and gpu.exact:

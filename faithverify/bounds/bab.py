@@ -49,7 +49,7 @@ from torch import Tensor
 from faithverify.bounds import crown
 from faithverify.bounds.crown import Box, LayerBounds, Relaxations
 from faithverify.bounds.milp.backends import Status
-from faithverify.bounds.milp.model import SolveResult, logit_diff_weights
+from faithverify.bounds.milp.model import ExactMethod, SolveResult
 from faithverify.bounds.torchnet import Affine, BoundNetwork, Relu
 
 # Relative slack of a leaf LP's split rows (see leaf_maximum): far above the LP's 1e-9 feasibility tolerance.
@@ -123,7 +123,7 @@ class BabResult:
     history: list[tuple[float, float]] = field(default_factory=list)  # (seconds, bound) each time it improved
 
 
-class NetworkBaB:
+class NetworkBaB(ExactMethod):
     """Branch and bound for linear forms of one network's logits over one box (module docstring).
 
     ``root`` (optional): intermediate bounds computed already for this box (e.g. by alpha-CROWN over every
@@ -145,34 +145,23 @@ class NetworkBaB:
         hi = torch.as_tensor(np.asarray(upper, dtype=np.float64).reshape(1, -1)).to(device, dtype)
         self.box = Box.of(lo, hi)
         self.settings = settings or BabSettings()
-        self.num_classes = network.output_dim
         if root is None:
             from faithverify.bounds.bounder import pair_specification
 
-            spec = pair_specification(self.num_classes).to(device, dtype)
+            spec = pair_specification(network.output_dim).to(device, dtype)
             root = crown.alpha_crown(network, self.box, spec, iterations=20).layers
         self.root = root
         self.relus = [k for k in sorted(root.pre) if isinstance(network.layers[k], Relu)]
 
     @property
+    def num_classes(self) -> int:
+        return self.net.output_dim
+
+    @property
     def input_dim(self) -> int:
         return self.net.input_dim
 
-    def max_logit_diff(
-        self,
-        i: int,
-        j: int,
-        *,
-        time_limit: float | None = None,
-        cutoff: float | None = None,
-        stop_below: float | None = None,
-        start: np.ndarray | None = None,
-    ) -> SolveResult:
-        """Sound upper bound on ``max_{x in box} z_j(x) - z_i(x)`` (same contract as the MILP's)."""
-        weights = logit_diff_weights(self.num_classes, i, j)
-        return self.solve(weights, time_limit=time_limit, cutoff=cutoff, stop_below=stop_below, start=start)
-
-    def solve(
+    def maximize(
         self,
         weights: np.ndarray,
         *,
@@ -181,8 +170,8 @@ class NetworkBaB:
         stop_below: float | None = None,
         start: np.ndarray | None = None,
     ) -> SolveResult:
-        """:meth:`maximize` with the MILP's result type."""
-        r = self.maximize(weights, time_limit=time_limit, cutoff=cutoff, stop_below=stop_below, start=start)
+        """:meth:`search` with the MILP's result type (the :class:`ExactMethod` contract)."""
+        r = self.search(weights, time_limit=time_limit, cutoff=cutoff, stop_below=stop_below, start=start)
         return SolveResult(
             bound=r.bound,
             incumbent=r.best if math.isfinite(r.best) else None,
@@ -196,7 +185,7 @@ class NetworkBaB:
 
     # --- the search -----------------------------------------------------------------------------------------
 
-    def maximize(
+    def search(
         self,
         weights: np.ndarray,
         *,

@@ -1,9 +1,10 @@
 """Exact methods for one network and one box, behind one interface: branch and bound, the MILP, or both.
 
-Every member answers ``max_logit_diff(i, j, time_limit=, cutoff=, stop_below=, start=)`` with a sound upper
-bound (:class:`faithverify.bounds.milp.SolveResult`). The portfolio runs branch and bound first for a share of
-the time (it is cheap to start and finds good incumbents), and, if that did not settle the question, the MILP
-for the rest, seeded with branch and bound's incumbent; the answer is the smaller of the two bounds (both are
+Every member is an :class:`~faithverify.bounds.milp.model.ExactMethod`: ``maximize(weights, time_limit=,
+cutoff=, stop_below=, start=)`` and ``max_logit_diff(i, j, ...)`` give a sound upper bound (a ``SolveResult``).
+The portfolio runs branch and bound first for a share of the time (it is cheap to start and finds good
+incumbents), and, if that did not settle the question, the MILP for the rest, seeded with branch and bound's
+incumbent; the answer is the smaller of the two bounds (both are
 sound) and the better of the two witnesses. Both members start from the same intermediate bounds: alpha-CROWN's,
 optimised over every logit difference of the box, which also shrinks the MILP (fewer unstable ReLUs, smaller
 big-M constants).
@@ -25,7 +26,7 @@ from faithverify.bounds.crown import Box, LayerBounds
 from faithverify.bounds.milp import NetworkMILP, Solver, SolveResult
 from faithverify.bounds.milp.backends import Status
 from faithverify.bounds.milp.encoding import LayerBounds as LayerBoundsArrays
-from faithverify.bounds.milp.model import logit_diff_weights
+from faithverify.bounds.milp.model import ExactMethod
 from faithverify.bounds.torchnet import BoundNetwork
 from faithverify.methods import Refiner
 from faithverify.network import PiecewiseLinearNetwork
@@ -56,7 +57,7 @@ def root_bounds(network: BoundNetwork, lower: np.ndarray, upper: np.ndarray) -> 
     return crown.alpha_crown(network, Box.of(lo, hi), spec, iterations=_ROOT_ALPHA_ITERATIONS).layers
 
 
-class ExactSolver:
+class ExactSolver(ExactMethod):
     """Sound bounds on ``z_j - z_i`` of one network over one box, by the chosen refiners (module docstring)."""
 
     def __init__(
@@ -100,6 +101,10 @@ class ExactSolver:
             self._milp = NetworkMILP(self.form, *self.box, solver=self.milp_solver, preactivation=pre)
         return self._milp
 
+    @property
+    def num_classes(self) -> int:
+        return self.network.output_dim
+
     def solver_used(self) -> str | None:
         used = []
         if self._bab is not None and self._bab_used:
@@ -107,22 +112,6 @@ class ExactSolver:
         if self._milp is not None:
             used.append(self._milp.solver_used())
         return "+".join(used) or None
-
-    def max_logit_diff(
-        self,
-        i: int,
-        j: int,
-        *,
-        time_limit: float | None = None,
-        cutoff: float | None = None,
-        stop_below: float | None = None,
-        start: np.ndarray | None = None,
-    ) -> SolveResult:
-        """Sound upper bound on ``max_{x in box} z_j(x) - z_i(x)``."""
-        weights = logit_diff_weights(self.network.output_dim, i, j)
-        return self.maximize(
-            weights, time_limit=time_limit, cutoff=cutoff, stop_below=stop_below, start=start
-        )
 
     def maximize(
         self,
@@ -141,7 +130,9 @@ class ExactSolver:
             return self.milp.maximize(weights, time_limit=time_limit, start=start, **kw)
         self._bab_used = True
         share = limit if Refiner.MILP not in self.refiners else BAB_SHARE * limit
-        first = self._bab.solve(weights, time_limit=None if math.isinf(share) else share, start=start, **kw)
+        first = self._bab.maximize(
+            weights, time_limit=None if math.isinf(share) else share, start=start, **kw
+        )
         if Refiner.MILP not in self.refiners or _settled(first):
             return first
         left = limit - (time.perf_counter() - clock)

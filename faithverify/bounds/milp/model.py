@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import logging
 import math
+from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from enum import StrEnum
 
@@ -110,6 +111,47 @@ def logit_diff_weights(num_classes: int, i: int, j: int) -> np.ndarray:
     return weights
 
 
+class ExactMethod(ABC):
+    """A sound maximiser of linear forms of one network's logits over one box (the MILP, branch and bound, or
+    both): ``maximize`` is each method's own, ``max_logit_diff`` is the form ``z_j - z_i`` for all of them.
+
+    ``cutoff=c``: it may stop once the answer to "is the maximum <= c?" is known; ``stop_below=s``: as soon as
+    the bound is at most ``s``; ``start``: inputs ``[K, D]`` (e.g. attack witnesses) to seed a first incumbent.
+    """
+
+    @property
+    @abstractmethod
+    def num_classes(self) -> int: ...
+
+    @abstractmethod
+    def maximize(
+        self,
+        weights: np.ndarray,
+        *,
+        time_limit: float | None = None,
+        cutoff: float | None = None,
+        stop_below: float | None = None,
+        start: np.ndarray | None = None,
+    ) -> SolveResult:
+        """Sound upper bound on ``max_{x in box} weights · z(x)``."""
+
+    def max_logit_diff(
+        self,
+        i: int,
+        j: int,
+        *,
+        time_limit: float | None = None,
+        cutoff: float | None = None,
+        stop_below: float | None = None,
+        start: np.ndarray | None = None,
+    ) -> SolveResult:
+        """Sound upper bound on ``max_{x in box} z_j(x) - z_i(x)``."""
+        weights = logit_diff_weights(self.num_classes, i, j)
+        return self.maximize(
+            weights, time_limit=time_limit, cutoff=cutoff, stop_below=stop_below, start=start
+        )
+
+
 def soundness_margin(bound: float, total_range: float) -> float:
     """What is added to a solver's dual bound (module docstring)."""
     return ABS_MARGIN + REL_MARGIN * abs(bound) + DUAL_FEASIBILITY_TOL * total_range
@@ -121,7 +163,7 @@ def _stop_level(cutoff: float, total_range: float) -> float:
     return k / (1.0 + REL_MARGIN) if k >= 0 else k / (1.0 - REL_MARGIN)
 
 
-class NetworkMILP:
+class NetworkMILP(ExactMethod):
     """One model per network and input box; only the objective changes between solves."""
 
     def __init__(
@@ -207,25 +249,6 @@ class NetworkMILP:
             return HighsBackend(self.model, self._options)
         return GurobiBackend(self.model, self._options)
 
-    def max_logit_diff(
-        self,
-        i: int,
-        j: int,
-        *,
-        time_limit: float | None = None,
-        cutoff: float | None = None,
-        stop_below: float | None = None,
-        start: np.ndarray | None = None,
-    ) -> SolveResult:
-        """Sound upper bound on ``max_{x in box} z_j(x) - z_i(x)``; with ``cutoff`` it may stop early once the
-        answer to "is the maximum <= cutoff?" is known, with ``stop_below`` as soon as the bound is at most
-        that (module docstring). ``start``: inputs ``[K, D]`` (e.g. PGD witnesses) to seed the search for a
-        first incumbent."""
-        weights = logit_diff_weights(self.num_classes, i, j)
-        return self.maximize(
-            weights, time_limit=time_limit, cutoff=cutoff, stop_below=stop_below, start=start
-        )
-
     def maximize(
         self,
         weights: np.ndarray,
@@ -235,7 +258,10 @@ class NetworkMILP:
         stop_below: float | None = None,
         start: np.ndarray | None = None,
     ) -> SolveResult:
-        """Sound upper bound on ``max_{x in box} weights · z(x)`` (any linear form of the logits)."""
+        """Sound upper bound on ``max_{x in box} weights · z(x)`` (any linear form of the logits); with
+        ``cutoff`` it may stop early once the answer to "is the maximum <= cutoff?" is known, with ``stop_below``
+        as soon as the bound is at most that (module docstring). ``start``: inputs ``[K, D]`` (e.g. attack
+        witnesses) to seed the search for a first incumbent."""
         weights = np.asarray(weights, dtype=np.float64)
         cost, offset = self.model.objective(weights)
         limit = time_limit if time_limit is not None else self.time_limit
