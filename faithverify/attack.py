@@ -55,9 +55,31 @@ def _gap(teacher: nn.Module, student: nn.Module, x: torch.Tensor) -> torch.Tenso
     return torch.softmax(teacher(x), dim=-1) - torch.softmax(student(x), dim=-1)
 
 
-def _random_start(lo: torch.Tensor, hi: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-    u = torch.rand(lo.shape, generator=generator, dtype=lo.dtype).to(lo.device)
+def point_uniforms(seed: int, keys: np.ndarray, stream: int, shape: tuple[int, ...]) -> np.ndarray:
+    """``[len(keys), *shape]`` uniforms in [0, 1), one independent stream per point key.
+
+    A point's random starts depend on the seed, its key (its index in the dataset) and the stream (which
+    attack), never on which other points share its batch: a record is the same whatever ``--batch-size``,
+    ``--start`` or ``--resume`` put beside it.
+    """
+    out = np.empty((len(keys), *shape), dtype=np.float32)
+    for k, key in enumerate(np.asarray(keys, dtype=np.int64)):
+        out[k] = np.random.default_rng((seed, int(key) & 0x7FFFFFFFFFFFFFFF, stream)).random(
+            shape, np.float32
+        )
+    return out
+
+
+def _random_start(
+    lo: torch.Tensor, hi: torch.Tensor, seed: int, keys: np.ndarray, stream: int = 0
+) -> torch.Tensor:
+    """A uniform point of each box ``[lo[k], hi[k]]``, drawn from the stream of ``keys[k]``."""
+    u = torch.from_numpy(point_uniforms(seed, keys, stream, tuple(lo.shape[1:]))).to(lo.device, lo.dtype)
     return lo + u * (hi - lo)
+
+
+def _keys(keys: np.ndarray | None, n: int) -> np.ndarray:
+    return np.arange(n, dtype=np.int64) if keys is None else np.asarray(keys, dtype=np.int64)
 
 
 def _checkpoints(steps: int) -> set[int]:
@@ -145,6 +167,7 @@ def faithfulness_attack(
     config: PGDConfig,
     eps: float,
     device: torch.device | str = "cpu",
+    keys: np.ndarray | None = None,
 ) -> FaithfulnessAttackResult:
     """Maximise ``||f_t(x) - f_s(x)||_inf`` over each box (paper §4.1), one objective at a time.
 
@@ -152,8 +175,9 @@ def faithfulness_attack(
     smooth objectives on its own (for the ``config.classes`` candidate classes and both signs, plus the
     non-smooth maximum itself) finds larger gaps than ascending the maximum alone, whose gradient only ever
     sees the class that is largest at the current iterate. Every objective runs ``config.restarts`` times (from
-    ``x0``, then from random points), all batched; the best iterate of all runs wins. ``eps`` is unused (the box
-    says everything); it is kept for callers.
+    ``x0``, then from random points drawn from each point's own stream, keyed by ``keys``: the points' indices
+    in the dataset, default their positions), all batched; the best iterate of all runs wins. ``eps`` is unused
+    (the box says everything); it is kept for callers.
     """
     del eps
     lo32, hi32 = float32_box(lower, upper)
@@ -162,7 +186,6 @@ def faithfulness_attack(
     start = torch.from_numpy(np.asarray(x0, dtype=np.float32)).to(device)
     start = torch.minimum(torch.maximum(start, lo), hi)
     n = len(start)
-    generator = torch.Generator().manual_seed(config.seed)
     classes = _candidate_classes(teacher, student, start, config.classes)  # [N, K]
     # Objectives: (class, sign) pairs, and -1 for the maximum over classes itself.
     whole = torch.full((n, 1), -1, device=start.device, dtype=classes.dtype)
@@ -176,9 +199,12 @@ def faithfulness_attack(
     sign_b = sign.T.reshape(-1).repeat(runs).to(start.dtype)
     lo_b, hi_b = lo[point], hi[point]
     starts = start[point].clone()
-    fresh = torch.arange(len(point), device=start.device) >= n * n_obj  # restarts after the first: random
-    if bool(fresh.any()):
-        starts[fresh] = _random_start(lo_b[fresh], hi_b[fresh], generator)
+    if runs > 1:  # restarts after the first: random, [restart, objective, point] from each point's stream
+        shape = tuple(start.shape[1:])
+        u = point_uniforms(config.seed, _keys(keys, n), 0, ((runs - 1) * n_obj, *shape))
+        u_b = torch.from_numpy(np.ascontiguousarray(np.moveaxis(u, 0, 1)).reshape(-1, *shape)).to(start)
+        fresh = slice(n * n_obj, None)
+        starts[fresh] = lo_b[fresh] + u_b * (hi_b[fresh] - lo_b[fresh])
     picked = cls_b.clamp(min=0)
 
     def objective(x: torch.Tensor) -> torch.Tensor:
@@ -218,16 +244,17 @@ def _pgd_misclassify(
     hi: torch.Tensor,
     step: float,
     steps: int,
-    generator: torch.Generator,
+    start: tuple[int, np.ndarray, int],
     still_ok: torch.Tensor,
     check: nn.Module | None = None,
 ) -> torch.Tensor:
     """Untargeted PGD on ``CE(model(x), target)`` from a random start; returns which points survive.
 
     A point survives when, at every iterate, ``argmax model(x) == target`` and, when ``check`` is given (the
-    teacher, for agreement), also ``argmax check(x) == argmax model(x)``.
+    teacher, for agreement), also ``argmax check(x) == argmax model(x)``. ``start`` is (seed, point keys, stream)
+    of the random start.
     """
-    x = _random_start(lo, hi, generator) if steps > 0 else x0.clone()
+    x = _random_start(lo, hi, *start) if steps > 0 else x0.clone()
     ok = still_ok.clone()
     for it in range(steps + 1):
         x.requires_grad_(True)
@@ -254,10 +281,11 @@ def robust_mask(
     seed: int = 0,
     domain: tuple[float, float] = (0.0, 1.0),
     device: torch.device | str = "cpu",
+    keys: np.ndarray | None = None,
 ) -> np.ndarray:
     """The one definition of robustness a point gets everywhere (certify, model cards, the release gate): the
     paper's PGD-50, step ``2.5 * eps / 50``, from a random start in the ball; the point is robust when the model
-    is right at ``x0`` and at every iterate."""
+    is right at ``x0`` and at every iterate. ``keys`` (the points' indices) key each point's random start."""
     x0 = np.asarray(x0.cpu() if isinstance(x0, torch.Tensor) else x0)
     lower, upper = input_box(x0, eps, domain)
     lo32, hi32 = float32_box(lower, upper)
@@ -267,8 +295,8 @@ def robust_mask(
     with torch.no_grad():
         ok = model(x).argmax(-1) == y
     step = 2.5 * eps / max(1, steps)
-    gen = torch.Generator().manual_seed(seed)
-    return _pgd_misclassify(model, x, y, lo, hi, step, steps if eps > 0 else 0, gen, ok).cpu().numpy()
+    start = (seed, _keys(keys, len(x)), 0)
+    return _pgd_misclassify(model, x, y, lo, hi, step, steps if eps > 0 else 0, start, ok).cpu().numpy()
 
 
 @dataclass(frozen=True)
@@ -289,25 +317,29 @@ def robustness_attacks(
     steps: int = 50,
     seed: int = 0,
     device: torch.device | str = "cpu",
+    keys: np.ndarray | None = None,
 ) -> RobustnessResult:
     """Robust accuracy of each model and the empirical distillation agreement (Def. 3).
 
     Both use ``steps``-step PGD with step ``2.5 * eps / steps`` from a random start in B. Agreement holds at a
     point when teacher and student agree at ``x0`` and PGD on the student's cross-entropy against the teacher's
-    hard label at ``x0`` reaches no iterate where the two predictions differ.
+    hard label at ``x0`` reaches no iterate where the two predictions differ. Random starts come from each
+    point's stream (``keys``, as in :func:`robust_mask`: the teacher's robustness here is the same as there).
     """
     lo32, hi32 = float32_box(lower, upper)
     lo, hi = torch.from_numpy(lo32).to(device), torch.from_numpy(hi32).to(device)
     x = torch.minimum(torch.maximum(torch.from_numpy(np.asarray(x0, np.float32)).to(device), lo), hi)
     y = torch.from_numpy(np.asarray(labels, dtype=np.int64)).to(device)
     step = 2.5 * eps / max(1, steps)
-    gen = torch.Generator().manual_seed(seed)
+    k = _keys(keys, len(x))
     with torch.no_grad():
         t_pred, s_pred = teacher(x).argmax(-1), student(x).argmax(-1)
     n_steps = steps if eps > 0 else 0
-    t_rob = _pgd_misclassify(teacher, x, y, lo, hi, step, n_steps, gen, t_pred == y)
-    s_rob = _pgd_misclassify(student, x, y, lo, hi, step, n_steps, gen, s_pred == y)
-    agree = _pgd_misclassify(student, x, t_pred, lo, hi, step, n_steps, gen, t_pred == s_pred, check=teacher)
+    t_rob = _pgd_misclassify(teacher, x, y, lo, hi, step, n_steps, (seed, k, 0), t_pred == y)
+    s_rob = _pgd_misclassify(student, x, y, lo, hi, step, n_steps, (seed, k, 0), s_pred == y)
+    agree = _pgd_misclassify(
+        student, x, t_pred, lo, hi, step, n_steps, (seed, k, 1), t_pred == s_pred, check=teacher
+    )
     return RobustnessResult(
         teacher_robust=t_rob.cpu().numpy(), student_robust=s_rob.cpu().numpy(), agreement=agree.cpu().numpy()
     )

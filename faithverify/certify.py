@@ -11,10 +11,11 @@ point is finished.
 
 from __future__ import annotations
 
+import enum
 import multiprocessing
 import time
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, is_dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -40,16 +41,23 @@ from faithverify.verdict import Verdict, decide
 SOUNDNESS_SLACK = 1e-6
 
 
+# A config field with this metadata does not change what a record says (a record carries its own eps; batching
+# and parallelism only change how fast). Every other field is written into the results file's header and must
+# match on --resume.
+NOT_IN_RECORDS = {"in_records": False}
+
+
 @dataclass(frozen=True)
 class CertifyConfig:
-    eps: Sequence[float]
+    eps: Sequence[float] = field(metadata=NOT_IN_RECORDS)
     methods: Sequence[BoundMethod] = (BoundMethod.IBP, BoundMethod.CROWN)
     pgd: PGDConfig = field(default_factory=PGDConfig)
     # The attack on points headed for the refinement stage (their seconds of budget dwarf it).
     pgd_refine: PGDConfig = field(default_factory=lambda: PGDConfig(steps=200, restarts=8, classes=5))
     robustness: bool = True  # robust accuracy and distillation agreement (needs labels)
     robustness_steps: int = 50
-    batch_size: int = 250
+    # Points are attacked with their own random streams and bounded independently: the batch changes nothing.
+    batch_size: int = field(default=250, metadata=NOT_IN_RECORDS)
     device: str = "auto"
     alpha_iterations: int = 20
     domain: tuple[float, float] = (0.0, 1.0)
@@ -58,7 +66,14 @@ class CertifyConfig:
     refiners: tuple[Refiner, ...] = (Refiner.BAB, Refiner.MILP)  # the exact methods of the refinement stage
     solver: Solver = Solver.AUTO  # the MILP's solver
     milp_timeout: float = 60.0  # seconds of refinement per point
-    jobs: int = 1  # processes for the refinement stage
+    jobs: int = field(default=1, metadata=NOT_IN_RECORDS)  # processes for the refinement stage
+
+    def record_settings(self) -> dict[str, Any]:
+        """Every setting that decides a record's values, flat (``pgd.steps``) and in JSON types: derived from the
+        fields themselves, so a new field is checked on ``--resume`` without anyone remembering to add it."""
+        settings = _flat_settings(self)
+        settings["device"] = resolve_device(self.device).type  # what ran, not what was asked for
+        return settings
 
     @property
     def refine_key(self) -> str:
@@ -70,6 +85,27 @@ class CertifyConfig:
         if self.refine_mode is RefineMode.ALL:
             return True
         return self.refine_mode is RefineMode.UNDECIDED and verdict is Verdict.UNKNOWN
+
+
+def _flat_settings(obj: Any, prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for f in fields(obj):
+        if not f.metadata.get("in_records", True):
+            continue
+        value = getattr(obj, f.name)
+        if is_dataclass(value) and not isinstance(value, type):
+            out.update(_flat_settings(value, f"{prefix}{f.name}."))
+        else:
+            out[prefix + f.name] = _json_value(value)
+    return out
+
+
+def _json_value(value: Any) -> Any:
+    if isinstance(value, enum.Enum):
+        return value.value
+    if isinstance(value, list | tuple):
+        return [_json_value(v) for v in value]
+    return value
 
 
 @dataclass
@@ -115,7 +151,9 @@ def certify_batch(
     lower, upper = input_box(x0, eps, config.domain)
     teacher, student = bounder.teacher, bounder.student
     with torch_threads(1):
-        attack = faithfulness_attack(teacher, student, x0, lower, upper, config.pgd, eps, device=device)
+        attack = faithfulness_attack(
+            teacher, student, x0, lower, upper, config.pgd, eps, device=device, keys=indices
+        )
     witness_gap = np.abs(pair.gap_onnxruntime(attack.witness))
     clean_gap = np.abs(clean["gap"])
     # x0 is in the box too: the larger of the two re-checked gaps is the lower bound.
@@ -168,6 +206,7 @@ def certify_batch(
                 config.robustness_steps,
                 config.pgd.seed,
                 device,
+                keys=indices,
             )
         seconds["robustness"] = time.perf_counter() - clock
 
@@ -187,7 +226,15 @@ def certify_batch(
         sel = np.array(heading)
         with torch_threads(1):
             strong = faithfulness_attack(
-                teacher, student, x0[sel], lower[sel], upper[sel], config.pgd_refine, eps, device=device
+                teacher,
+                student,
+                x0[sel],
+                lower[sel],
+                upper[sel],
+                config.pgd_refine,
+                eps,
+                device=device,
+                keys=indices[sel],
             )
         strong_gap = np.abs(pair.gap_onnxruntime(strong.witness))
         better = strong_gap.max(axis=1) > emp_gaps[sel].max(axis=1)

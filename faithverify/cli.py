@@ -258,19 +258,13 @@ def certify(
         milp_timeout=milp_timeout,
         jobs=jobs,
     )
+    # The header: the models and data the records are about, and every setting that decides their values.
     settings = {
         "teacher_sha256": _sha256(teacher),
         "student_sha256": _sha256(student),
         "data": str(data_source),
         "split": split,
-        "start": start,
-        "domain": list(domain),
-        "methods": [m.value for m in config.methods],
-        "alpha_iterations": alpha_iterations,
-        "attack_steps": attack_steps,
-        "restarts": restarts,
-        "robustness": robustness,
-        "seed": seed,
+        **config.record_settings(),
     }
     results_file = ResultsFile(out, settings, resume=resume) if out is not None else None
     try:

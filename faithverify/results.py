@@ -15,7 +15,8 @@ import numpy as np
 
 from faithverify.errors import ResultsFileError
 
-FORMAT_VERSION = 1
+# 2: the header holds every setting that decides a record's values (CertifyConfig.record_settings).
+FORMAT_VERSION = 2
 
 
 # FaithUB - EmpLB at most this and a point's worst gap delta* is known (the issue's "exact" tolerance).
@@ -56,8 +57,30 @@ class PointResult:
 
     @staticmethod
     def from_dict(d: dict[str, Any]) -> PointResult:
+        """A record read back from a results file; a missing or mistyped field raises ``ValueError``."""
         names = {f.name for f in fields(PointResult)}
-        return PointResult(**{k: v for k, v in d.items() if k in names})
+        point = PointResult(**{k: v for k, v in d.items() if k in names})  # type: ignore[arg-type]
+        point._check_types()
+        return point
+
+    def _check_types(self) -> None:
+        numbers = {
+            "eps": self.eps,
+            "clean_gap": self.clean_gap,
+            "emp_lb": self.emp_lb,
+            "faith_ub": self.faith_ub,
+        }
+        integers = {"index": self.index, "teacher_pred": self.teacher_pred, "student_pred": self.student_pred}
+        for name, value in {**numbers, **integers}.items():
+            if isinstance(value, bool) or not isinstance(value, int | float):
+                raise ValueError(f"field {name!r} is {value!r}, not a number")
+        for name, value in integers.items():
+            if not isinstance(value, int):
+                raise ValueError(f"field {name!r} is {value!r}, not an integer")
+        if not isinstance(self.bounds, dict) or not all(
+            isinstance(v, int | float) for v in self.bounds.values()
+        ):
+            raise ValueError(f"field 'bounds' is {self.bounds!r}, not a mapping of numbers")
 
 
 class ResultsFile:
@@ -97,17 +120,23 @@ class ResultsFile:
             header = None
         if not isinstance(header, dict) or header.get("kind") != "header":
             raise ResultsFileError(f"--resume: {self.path} is not a faithverify results file")
+        if header.get("format") != FORMAT_VERSION:
+            raise ResultsFileError(
+                f"--resume: {self.path} was written by another faithverify version (format "
+                f"{header.get('format')}, this one writes {FORMAT_VERSION}); use another --out or drop --resume"
+            )
         old = header.get("settings", {})
         changed = sorted(k for k in set(old) | set(self.settings) if old.get(k) != self.settings.get(k))
         if changed:
+            shown = "; ".join(f"{k}: {old.get(k)!r} there, {self.settings.get(k)!r} now" for k in changed[:4])
+            more = f" and {len(changed) - 4} more" if len(changed) > 4 else ""
             raise ResultsFileError(
-                f"--resume: {self.path} was written with other settings ({', '.join(changed)} differ); "
+                f"--resume: {self.path} was written with other settings ({shown}{more}); "
                 "use another --out or drop --resume to overwrite"
             )
-        for line in lines[1:]:
-            record = json.loads(line)
-            if record.get("kind") == "point":
-                point = PointResult.from_dict(record)
+        for number, line in enumerate(lines[1:], start=2):
+            point = _parse_record(self.path, number, line)
+            if point is not None:
                 self.done[(point.index, point.eps)] = point
         if good_end < len(raw):  # a torn last line from an interrupted run: drop it
             with open(self.path, "r+b") as handle:
@@ -127,26 +156,55 @@ class ResultsFile:
         self._handle.close()
 
 
+def _parse_record(path: Path, number: int, line: str) -> PointResult | None:
+    """The point on line ``number`` of a results file (None for a blank or non-point line); anything else there
+    is a :class:`ResultsFileError` naming the line."""
+    if not line.strip():
+        return None
+    try:
+        record = json.loads(line)
+    except json.JSONDecodeError:
+        raise ResultsFileError(f"{path}, line {number}: not a JSON record") from None
+    if not isinstance(record, dict):
+        raise ResultsFileError(f"{path}, line {number}: not a faithverify record")
+    if record.get("kind") != "point":
+        return None
+    try:
+        return PointResult.from_dict(record)
+    except (TypeError, ValueError) as exc:
+        raise ResultsFileError(f"{path}, line {number}: malformed point record ({exc})") from None
+
+
 def read_results(path: str | Path) -> tuple[dict[str, Any], list[PointResult]]:
-    """The settings and the point records of a results file."""
+    """The settings and the point records of a results file (a torn last line, from an interrupted run, is
+    dropped); a corrupt line is a :class:`ResultsFileError` naming it."""
+    path = Path(path)
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise ResultsFileError(f"cannot read results file {path}: {exc.strerror or exc}") from exc
+    text = raw.decode("utf-8", errors="replace")
+    lines = text.split("\n")
+    if lines and lines[-1].strip():  # no newline at the end: a torn last line, unless it parses
+        try:
+            json.loads(lines[-1])
+        except json.JSONDecodeError:
+            lines = lines[:-1]
     settings: dict[str, Any] = {}
     points = []
-    with open(path, encoding="utf-8", errors="replace") as handle:
-        for number, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError:
-                if not line.endswith("\n"):
-                    break  # a torn last line from an interrupted run
-                raise ResultsFileError(f"{path}, line {number}: not a JSON record") from None
-            if not isinstance(record, dict):
-                raise ResultsFileError(f"{path}, line {number}: not a faithverify record")
-            if record.get("kind") == "header":
-                settings = record.get("settings", {})
-            elif record.get("kind") == "point":
-                points.append(PointResult.from_dict(record))
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            raise ResultsFileError(f"{path}, line {number}: not a JSON record") from None
+        if isinstance(record, dict) and record.get("kind") == "header":
+            settings = record.get("settings", {}) if isinstance(record.get("settings"), dict) else {}
+            continue
+        point = _parse_record(path, number, line)
+        if point is not None:
+            points.append(point)
     return settings, points
 
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -133,5 +134,6 @@ def robust_accuracy(
 
     robust = 0
     for i in range(0, len(x), batch_size):
-        robust += int(robust_mask(model, x[i : i + batch_size], y[i : i + batch_size], eps, seed=seed).sum())
+        keys = np.arange(i, min(i + batch_size, len(x)))
+        robust += int(robust_mask(model, x[keys], y[keys], eps, seed=seed, keys=keys).sum())
     return robust / max(len(x), 1)
