@@ -12,9 +12,8 @@ point is finished.
 from __future__ import annotations
 
 import enum
-import multiprocessing
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass, field, fields, is_dataclass, replace
 from typing import Any
 
@@ -28,6 +27,7 @@ from faithverify.bounds.milp import Solver
 from faithverify.bounds.portfolio import Refiner
 from faithverify.bounds.softmax import LogitDiffBounds, faithfulness_from_logit_bounds
 from faithverify.errors import SoundnessViolation
+from faithverify.executors import Executor, ExecutorSpec, open_executor
 from faithverify.methods import RefineMode
 from faithverify.network import PiecewiseLinearNetwork
 from faithverify.pair import Pair
@@ -67,6 +67,12 @@ class CertifyConfig:
     solver: Solver = Solver.AUTO  # the MILP's solver
     milp_timeout: float = 60.0  # seconds of refinement per point
     jobs: int = field(default=1, metadata=NOT_IN_RECORDS)  # processes for the refinement stage
+    # Where refinements run with jobs: None, a local pool; "local", "auto" or an address, Ray (executors.py).
+    ray: str | None = field(default=None, metadata=NOT_IN_RECORDS)
+
+    @property
+    def executor(self) -> ExecutorSpec:
+        return ExecutorSpec(jobs=self.jobs, ray=self.ray)
 
     def record_settings(self) -> dict[str, Any]:
         """Every setting that decides a record's values, flat (``pgd.steps``) and in JSON types: derived from the
@@ -286,21 +292,19 @@ def _decider(verdict: Verdict, bound_method: str) -> str | None:
     return {Verdict.VIOLATED: "attack", Verdict.CERTIFIED: bound_method}.get(verdict)
 
 
-# --- the MILP stage -------------------------------------------------------------------------------------------
-
-_WORKER_FORMS: tuple[PiecewiseLinearNetwork, PiecewiseLinearNetwork] | None = None
+# --- the refinement stage -------------------------------------------------------------------------------------
 
 
-def _init_worker(forms: tuple[PiecewiseLinearNetwork, PiecewiseLinearNetwork]) -> None:
-    global _WORKER_FORMS
+def _refine_task(
+    forms: tuple[PiecewiseLinearNetwork, PiecewiseLinearNetwork],
+    args: tuple[PendingRefinement, CertifyConfig],
+) -> RefineResult:
+    """One point's refinement, as an executor task (in a pool or Ray worker, or here): the networks are the
+    executor's shared value, sent once per worker."""
+    item, config = args
+    # One thread per task: the executors run one task per CPU (a pool process each, num_cpus=1 on Ray).
     torch.set_num_threads(1)
-    _WORKER_FORMS = forms
-
-
-def _refine_in_worker(args: tuple[int, PendingRefinement, CertifyConfig]) -> tuple[int, RefineResult]:
-    key, item, config = args
-    assert _WORKER_FORMS is not None
-    return key, _refine(_WORKER_FORMS, item, config)
+    return _refine(forms, item, config)
 
 
 def _refine(
@@ -362,23 +366,6 @@ def _inside(x: np.ndarray, item: PendingRefinement) -> bool:
     return bool(np.all(flat >= item.lower) and np.all(flat <= item.upper))
 
 
-def _run_refinements(
-    pair: Pair,
-    forms: tuple[PiecewiseLinearNetwork, PiecewiseLinearNetwork],
-    items: list[PendingRefinement],
-    config: CertifyConfig,
-    pool: Any,
-) -> Iterable[PointResult]:
-    """Refine points one by one, or in a process pool; yield each record as soon as its point is done."""
-    if pool is None:
-        for item in items:
-            yield finish_refinement(pair, item, _refine(forms, item, config), config)
-        return
-    jobs = [(k, item, config) for k, item in enumerate(items)]
-    for k, result in pool.imap_unordered(_refine_in_worker, jobs):
-        yield finish_refinement(pair, items[k], result, config)
-
-
 def certify(
     pair: Pair,
     x: np.ndarray,
@@ -407,21 +394,24 @@ def certify(
     ]
     total = sum(len(t) for _, t in todo)
     out: list[PointResult] = []
-    pool = None
-    if config.jobs > 1 and (
-        config.refine_mode is RefineMode.ALL
-        or (config.delta is not None and config.refine_mode is RefineMode.UNDECIDED)
-    ):
-        # spawn, not fork: a forked child would inherit torch's OpenMP state mid-flight.
-        pool = multiprocessing.get_context("spawn").Pool(
-            config.jobs, initializer=_init_worker, initargs=(bounder.forms,)
-        )
+    # Refinements run as executor tasks (here, a local pool or Ray: faithverify.executors) while the driver goes
+    # on screening the next batch; the executor starts on the first point that needs it (a run that refines
+    # nothing starts no pool and no Ray), and results are folded into records here, on the driver, as they come.
+    executor: Executor | None = None
+    waiting: dict[Hashable, PendingRefinement] = {}
+    submitted = 0  # the key of the next task
 
     def emit(records: list[PointResult]) -> None:
         out.extend(records)
         if on_batch is not None and records:
             on_batch(records)
         bar.update(len(records))
+
+    def collect(wait: bool) -> None:
+        if executor is None:
+            return
+        for key, result in executor.results(wait=wait):
+            emit([finish_refinement(pair, waiting.pop(key), result, config)])
 
     try:
         with tqdm(total=total, desc="certify", unit="pt", disable=not progress, dynamic_ncols=True) as bar:
@@ -434,12 +424,19 @@ def certify(
                         float(eps), config, device,
                     )  # fmt: skip
                     emit(finished)
-                    if pending:
-                        bar.set_postfix(eps=eps, stage=config.refine_key)
-                        for record in _run_refinements(pair, bounder.forms, pending, config, pool):
-                            emit([record])
-                        bar.set_postfix(eps=eps)
+                    if pending and executor is None:
+                        executor = open_executor(_refine_task, bounder.forms, config.executor)
+                    for item in pending:
+                        assert executor is not None
+                        waiting[submitted] = item
+                        executor.submit(submitted, (item, config))
+                        submitted += 1
+                    collect(wait=False)
+            if waiting:
+                bar.set_postfix(stage=config.refine_key)
+            collect(wait=True)
     finally:
-        if pool is not None:
-            pool.terminate()
+        # On an interrupt or error: outstanding tasks are cancelled (the records already written stay).
+        if executor is not None:
+            executor.close()
     return out
