@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import click
@@ -18,6 +19,19 @@ from faithverify.cli_support import (
 )
 
 
+def _finite(_ctx: click.Context, param: click.Parameter, value: float | None) -> float | None:
+    """A number option must be finite: click's ranges let nan and inf through."""
+    if value is not None and not math.isfinite(value):
+        raise click.BadParameter(f"{value} is not a finite number")
+    return value
+
+
+def _finite_timeout(timeout: float) -> None:
+    """``--timeout`` (shared with other commands) is checked here: nan and inf pass click's range."""
+    if not math.isfinite(timeout):
+        raise click.BadParameter(f"{timeout} is not a number of seconds", param_hint="'--timeout'")
+
+
 @click.command("export-vnn")
 @click.argument("teacher", type=click.Path(path_type=Path))
 @click.argument("student", type=click.Path(path_type=Path))
@@ -29,6 +43,7 @@ from faithverify.cli_support import (
     "--delta",
     type=click.FloatRange(0.0, 1.0),
     required=True,
+    callback=_finite,
     help="Threshold on the confidence gap: an instance is unsafe (sat) where some class's probabilities "
     "differ by at least DELTA.",
 )
@@ -68,18 +83,25 @@ def export_vnn(
       faithverify export-vnn T.onnx S.onnx --data mnist --n 50 --eps 0.05 --delta 0.2 -o suite/
     """
     from faithverify.data import sample_beside, select_points
+    from faithverify.errors import ResultsFileError
     from faithverify.pair import load_pair
+    from faithverify.vnn.bench import check_writable_dir
     from faithverify.vnn.export import GAP_MODEL, INSTANCES, STUDENT_MODEL, TEACHER_MODEL, export_suite
 
+    _finite_timeout(timeout)
+    check_writable_dir(output, "-o")
     source = sample_beside(teacher, data_source)
     pair = load_pair(teacher, student, domain=domain)
     points = select_points(
         source, pair.input_shape, split=split, data_root=data_root, start=start, count=count, domain=domain
     )
 
-    instances = export_suite(
-        pair, points.x, points.indices, eps_list, delta, output, domain=domain, timeout=timeout
-    )
+    try:
+        instances = export_suite(
+            pair, points.x, points.indices, eps_list, delta, output, domain=domain, timeout=timeout
+        )
+    except OSError as exc:  # the disk filled, a name the file system refuses
+        raise ResultsFileError(f"cannot write the suite to {output}: {exc.strerror or exc}") from None
     n_eps = len(dict.fromkeys(eps_list))
     click.echo(
         f"wrote {len(instances)} instances ({len(points.x)} points x {n_eps} eps, delta {delta:g}) to {output}/"
@@ -92,7 +114,7 @@ def export_vnn(
 
 
 @click.command("bench")
-@click.argument("instances", type=click.Path(dir_okay=False, path_type=Path))
+@click.argument("instances", type=click.Path(path_type=Path))
 @click.option(
     "--out",
     "summary",
@@ -105,15 +127,22 @@ def export_vnn(
     "--results-dir",
     type=click.Path(file_okay=False, path_type=Path),
     default=None,
-    help="Where the per-instance result files go (default: a folder beside --out named after it).",
+    help="Where the per-instance result files go (default: beside --out, named after it without its "
+    "extension: results.csv -> results/).",
 )
-@click.option("--resume", is_flag=True, help="Skip the instances already in --out.")
+@click.option(
+    "--resume",
+    is_flag=True,
+    help="Skip the instances already in --out (the same ONNX and VNN-LIB files and timeout); --out must be a "
+    "summary of this suite.",
+)
 @solver_option("MILP solver for what bound propagation leaves open")
 @click.option("--no-milp", is_flag=True, help="Attack and CROWN only: fast, and more answers are unknown.")
 @click.option(
     "--timeout-cap",
     type=click.FloatRange(min=0, min_open=True),
     default=None,
+    callback=_finite,
     help="Use at most this many seconds per instance, whatever instances.csv says.",
 )
 @quiet_option()
@@ -131,9 +160,10 @@ def bench(
     """Run a VNN-COMP-style suite given as instances.csv (rows onnx,vnnlib,timeout; .gz accepted).
 
     Each instance gets a result file in the competition's format (`sat` with the counterexample
-    ((X_0 v) ... (Y_k v)), re-checked with onnxruntime; `unsat`; `timeout`; `unknown`) and a row in the summary
-    CSV, written as it finishes. Works for single classifiers (e.g. local robustness) and for the paired graphs
-    that `faithverify export-vnn` writes.
+    ((X_0 v) ... (Y_k v)), re-checked with onnxruntime; `unsat`; `timeout`; `unknown`; `error`) and a row in the
+    summary CSV, written as it finishes. Works for single classifiers (e.g. local robustness) and for the paired
+    graphs that `faithverify export-vnn` writes. An instance's timeout covers all of it, loading included. One
+    instance that cannot be run (a missing file, an internal error) gets an `error` row and the suite goes on.
 
     \b
     Example:
@@ -145,9 +175,9 @@ def bench(
     from tqdm.auto import tqdm
 
     from faithverify.bounds.milp import Solver
-    from faithverify.vnn.bench import read_instances, run_suite
+    from faithverify.vnn.bench import default_results_dir, read_instances, run_suite
 
-    results_dir = results_dir or summary.with_name(summary.stem + "-results")
+    results_dir = results_dir or default_results_dir(summary)
     total = len(read_instances(instances))
     counts: Counter[str] = Counter()
     seconds = 0.0
@@ -171,8 +201,8 @@ def bench(
 
 
 @click.command("verify-instance")
-@click.argument("onnx_file", type=click.Path(dir_okay=False, path_type=Path))
-@click.argument("vnnlib_file", type=click.Path(dir_okay=False, path_type=Path))
+@click.argument("onnx_file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.argument("vnnlib_file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.option(
     "--result",
     type=click.Path(dir_okay=False, path_type=Path),
@@ -188,19 +218,30 @@ def verify_instance(
     """Decide one VNN-COMP instance (ONNX + VNN-LIB 1.0), as vnncomp/run_instance.sh does.
 
     Prints or writes `sat` with the counterexample, `unsat`, `timeout` or `unknown`; the reason for an
-    `unknown` goes to stderr.
+    `unknown` goes to stderr. The timeout covers the whole instance, loading included. Files that cannot be read
+    are an error (exit 2, nothing written).
     """
     from faithverify.bounds.milp import Solver
-    from faithverify.vnn.bench import run_instance
+    from faithverify.errors import FaithverifyError, ResultsFileError
+    from faithverify.vnn.bench import check_writable, run_instance
+    from faithverify.vnn.engine import Outcome
     from faithverify.vnn.instance import format_result
     from faithverify.vnn.vnnlib import write_text_atomic
 
+    _finite_timeout(timeout)
+    if result is not None:
+        check_writable(result, "--result")  # before the instance runs, not after
     answer = run_instance(onnx_file, vnnlib_file, timeout, solver=Solver(solver))
+    if answer.outcome is Outcome.ERROR:
+        raise FaithverifyError(answer.reason)
     if answer.reason:
         click.echo(f"{answer.outcome.value} ({answer.stage}): {answer.reason}", err=True)
     text = format_result(answer)
     if result is None:
         click.echo(text, nl=False)
-    else:
+        return
+    try:
         write_text_atomic(result, text)
-        click.echo(f"{answer.outcome.value} in {answer.seconds:.2f} s -> {result}")
+    except OSError as exc:
+        raise ResultsFileError(f"cannot write --result {result}: {exc.strerror or exc}") from None
+    click.echo(f"{answer.outcome.value} in {answer.seconds:.2f} s -> {result}")

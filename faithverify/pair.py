@@ -169,7 +169,20 @@ def load_pair(
     teacher_path: str | Path, student_path: str | Path, domain: tuple[float, float] = (0.0, 1.0)
 ) -> Pair:
     """Load, validate (against onnxruntime) and pair a teacher and a student ONNX file."""
-    return pair_models(load_model(teacher_path, domain=domain), load_model(student_path, domain=domain))
+    teacher = _classifier(load_model(teacher_path, domain=domain), teacher_path)
+    student = _classifier(load_model(student_path, domain=domain), student_path)
+    return pair_models(teacher, student)
+
+
+def _classifier(model: LoadedModel, path: str | Path) -> LoadedModel:
+    """A pair's model must score at least 2 classes: the softmax of one class is the constant 1, so there is no
+    confidence to compare (and every bound of the pipeline assumes some pair of classes)."""
+    if model.num_classes < 2:
+        raise ModelLoadError(
+            f"{path}: {model.num_classes} output class; a teacher or student needs at least 2 (the softmax of "
+            "one class is always 1)"
+        )
+    return model
 
 
 class _Session:

@@ -350,7 +350,10 @@ def refine_point(
         if best is None:
             break
         _, side, i, j = best
+        side.exact  # noqa: B018  (built first: its root bounds are part of the budget, not extra to it)
         remaining = time_budget - (time.perf_counter() - start)
+        if remaining <= 0:
+            return _result(teacher, student, solves, True, start, witnesses, anchors)
         limit = remaining if solve_limit is None else min(solve_limit, remaining)
         cutoff = None
         if delta is not None and (i, j) not in side.cut:
@@ -363,7 +366,7 @@ def refine_point(
             [x0_flat[None], *([] if starts is None else [starts]), *(w[None] for w in witnesses)]
         )
         result = side.exact.max_logit_diff(
-            i, j, time_limit=max(limit, 0.01), cutoff=cutoff, stop_below=enough, start=seeds
+            i, j, time_limit=limit, cutoff=cutoff, stop_below=enough, start=seeds
         )
         solves += 1
         side.lower, side.upper = _with_bound(side, i, j, result.bound)

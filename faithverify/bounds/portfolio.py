@@ -92,13 +92,18 @@ class ExactSolver(ExactMethod):
 
     @property
     def milp(self) -> NetworkMILP:
-        # Built on first use: encoding and LP tightening cost up to a second, and branch and bound often
-        # settles a question alone.
+        return self._milp_by(None)
+
+    def _milp_by(self, deadline: float | None) -> NetworkMILP:
+        """The MILP, built on first use (encoding and LP tightening cost up to a second, and branch and bound
+        often settles a question alone); its LP tightening stops by ``deadline`` (``time.monotonic()``)."""
         if self._milp is None:
             pre: list[LayerBoundsArrays | None] = [
                 (lo[0].cpu().numpy(), hi[0].cpu().numpy()) for lo, hi in self.root.as_list()
             ]
-            self._milp = NetworkMILP(self.form, *self.box, solver=self.milp_solver, preactivation=pre)
+            self._milp = NetworkMILP(
+                self.form, *self.box, solver=self.milp_solver, preactivation=pre, deadline=deadline
+            )
         return self._milp
 
     @property
@@ -126,8 +131,19 @@ class ExactSolver(ExactMethod):
         clock = time.perf_counter()
         limit = math.inf if time_limit is None else time_limit
         kw = {"cutoff": cutoff, "stop_below": stop_below}
+
+        def left() -> float:
+            return limit - (time.perf_counter() - clock)
+
+        def milp() -> NetworkMILP:  # building it (LP tightening) is part of the time limit
+            return self._milp_by(None if math.isinf(limit) else time.monotonic() + left())
+
         if self._bab is None:
-            return self.milp.maximize(weights, time_limit=time_limit, start=start, **kw)
+            model = milp()
+            # With no time left the solver stops at once; its bound is still sound (the interval bound at worst).
+            return model.maximize(
+                weights, time_limit=None if math.isinf(limit) else max(left(), 1e-3), start=start, **kw
+            )
         self._bab_used = True
         share = limit if Refiner.MILP not in self.refiners else BAB_SHARE * limit
         first = self._bab.maximize(
@@ -135,11 +151,13 @@ class ExactSolver(ExactMethod):
         )
         if Refiner.MILP not in self.refiners or _settled(first):
             return first
-        left = limit - (time.perf_counter() - clock)
-        if left <= 0.05:
+        if left() <= 0.05:
+            return first
+        model = milp()
+        if left() <= 0.05:  # building the MILP took the rest of the time
             return first
         seeds = start if first.witness is None else _stack(start, first.witness)
-        second = self.milp.maximize(weights, time_limit=None if math.isinf(left) else left, start=seeds, **kw)
+        second = model.maximize(weights, time_limit=None if math.isinf(limit) else left(), start=seeds, **kw)
         return _combine(first, second, time.perf_counter() - clock)
 
 

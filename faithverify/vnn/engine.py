@@ -52,6 +52,7 @@ class Outcome(StrEnum):
     UNSAT = "unsat"
     UNKNOWN = "unknown"
     TIMEOUT = "timeout"
+    ERROR = "error"  # the instance could not be run (a missing file, an internal error): bench records it
 
 
 @dataclass(frozen=True)
@@ -347,6 +348,9 @@ def verify(
             continue  # the pair's faithfulness property holds on this box: FaithUB < delta
         remaining = []
         for index, (a, b) in enumerate(query.unsafe):
+            # Each row's alpha-CROWN bound takes a while on a large network: the deadline is checked between.
+            if time.monotonic() > deadline:
+                return answer(Outcome.TIMEOUT, "crown", "out of time in CROWN")
             refuted = any(_row_lower_bound(query, bounds, box, a[k]) - b[k] > 0 for k in range(len(b)))
             if not refuted:
                 remaining.append(index)
@@ -419,12 +423,15 @@ def _refine_rows(
             net_index = _single_logits_network(query, a[k])
             if net_index is None:
                 continue
-            left = deadline - time.monotonic()
-            if left <= 0:
+            if time.monotonic() >= deadline:
                 return Outcome.TIMEOUT, None
             if net_index not in milps:
                 net = query.networks[net_index]
                 milps[net_index] = ExactSolver(net.model.network, *box, milp_solver=solver)
+            # The time left after building the solver (its root alpha-CROWN bounds), not before.
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return Outcome.TIMEOUT, None
             part = query.slices()[net_index]
             # Refuted when max(-a·z) < -b strictly; stop as soon as that is proven or disproven.
             target = math.nextafter(-float(b[k]), -math.inf)

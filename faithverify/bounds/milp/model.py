@@ -68,8 +68,8 @@ log = logging.getLogger(__name__)
 
 ABS_MARGIN = 1e-6
 REL_MARGIN = 1e-6
-# LP bound tightening stops after this long per layer (the rest keep CROWN's bounds): a cap for big CNNs,
-# far above what MNIST-size MLPs need (~0.2 s per layer of 30 neurons).
+# LP bound tightening stops after this long per layer, or at the caller's deadline (the rest keep CROWN's
+# bounds): a cap for big CNNs, far above what MNIST-size MLPs need (~0.2 s per layer of 30 neurons).
 _TIGHTEN_SECONDS_PER_LAYER = 10.0
 _GUESS_STEPS = 12  # signed-gradient steps for a first incumbent (step sizes halve: 1/2 ... 1/4096 of the box)
 
@@ -179,6 +179,7 @@ class NetworkMILP(ExactMethod):
         mip_rel_gap: float = 1e-4,
         mip_abs_gap: float = 1e-6,
         tighten: bool = True,
+        deadline: float | None = None,
     ) -> None:
         """``body`` takes flat inputs ``[N, D]`` (a torch module or the network form); ``lower``/``upper`` are one
         box (``[D]`` or ``[1, D]``).
@@ -187,6 +188,8 @@ class NetworkMILP(ExactMethod):
         exactly the ``pre`` list of ``ChainCrown.bounds``; arrays or tensors of ``[width]`` or ``[1, width]``).
         When None, CROWN computes them (prebounds.py). ``tighten``: improve the bounds of unstable ReLUs with
         LPs over the layers below before encoding them (tighten.py): fewer binaries, smaller big-M constants.
+        ``deadline`` (``time.monotonic()``): the tightening stops by then (the rest keep their bounds), so that a
+        caller's time limit covers building the model as well as solving it.
         """
         lower = np.asarray(lower, dtype=np.float64).reshape(-1)
         upper = np.asarray(upper, dtype=np.float64).reshape(-1)
@@ -197,7 +200,7 @@ class NetworkMILP(ExactMethod):
         )
         if preactivation is None:
             preactivation = crown_layer_bounds(self.network, lower, upper)
-        refine = lp_refiner(soundness_margin, _TIGHTEN_SECONDS_PER_LAYER) if tighten else None
+        refine = lp_refiner(soundness_margin, _TIGHTEN_SECONDS_PER_LAYER, deadline) if tighten else None
         self.model: MilpModel = encode(self.network, lower, upper, preactivation, refine)
         self._box = (lower, upper)
         self.time_limit = time_limit

@@ -15,6 +15,7 @@ dual feasibility tolerance is the same 1e-9). A neuron whose LP does not finish 
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Callable
 
 import numpy as np
@@ -31,14 +32,21 @@ from faithverify.errors import SolverError
 
 
 def lp_refiner(
-    margin: Callable[[float, float], float], time_limit: float | None = None
+    margin: Callable[[float, float], float],
+    time_limit: float | None = None,
+    deadline: float | None = None,
 ) -> Callable[[MilpModel, np.ndarray], tuple[np.ndarray, np.ndarray, np.ndarray]]:
     """A ``refine`` for :func:`~faithverify.bounds.milp.encoding.encode` that solves two LPs per neuron with
     HiGHS (always available, no size limit; LPs this small take milliseconds). ``margin(value, total_range)``
-    is added outward to every LP value; ``time_limit`` caps the LPs of one layer together."""
+    is added outward to every LP value; ``time_limit`` caps the LPs of one layer together, and ``deadline``
+    (``time.monotonic()``) all of them: the caller's time limit covers building the model too. Neurons left
+    when time runs out keep the bounds they had (sound, looser)."""
 
     def refine(model: MilpModel, idx: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        return _refine_layer(model, idx, margin, time_limit)
+        stop = math.inf if time_limit is None else time.monotonic() + time_limit
+        if deadline is not None:
+            stop = min(stop, deadline)
+        return _refine_layer(model, idx, margin, stop)
 
     return refine
 
@@ -47,12 +55,12 @@ def _refine_layer(
     model: MilpModel,
     idx: np.ndarray,
     margin: Callable[[float, float], float],
-    time_limit: float | None,
+    stop: float,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     import highspy
 
     lo, hi = np.full(len(idx), -math.inf), np.full(len(idx), math.inf)
-    if len(idx) == 0:
+    if len(idx) == 0 or time.monotonic() >= stop:
         return idx, lo, hi
     h = _relaxation(model)
     rows = model.logits.take_rows(idx)
@@ -68,8 +76,8 @@ def _refine_layer(
         prev = cols
         offset = float(model.logit_offset[idx[k]])
         for sense in (highspy.ObjSense.kMaximize, highspy.ObjSense.kMinimize):
-            if time_limit is not None:
-                left = time_limit - h.getRunTime()
+            if math.isfinite(stop):
+                left = stop - time.monotonic()
                 if left <= 0:
                     return idx, lo, hi
                 h.setOptionValue("time_limit", left)
