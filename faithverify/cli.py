@@ -22,6 +22,7 @@ from faithverify.cli_support import (
     data_options,
     domain_option,
     eps_list_option,
+    note_on_interrupt,
     output_option,
     quiet_option,
     reports_errors,
@@ -31,6 +32,7 @@ from faithverify.cli_support import (
 )
 from faithverify.cli_train import distill, recipes, train_teacher
 from faithverify.cli_vnn import bench, export_vnn, verify_instance
+from faithverify.executors import RAY_OPTION_HELP
 from faithverify.methods import BoundMethod, Refiner
 
 if TYPE_CHECKING:
@@ -123,6 +125,7 @@ def main() -> None:
     show_default=True,
     help="Processes for the MILP stage (points are refined in parallel).",
 )
+@click.option("--ray", "ray_address", metavar="ADDRESS", default=None, help=RAY_OPTION_HELP)
 @click.option(
     "--alpha-iterations",
     type=click.IntRange(min=1),
@@ -182,6 +185,7 @@ def certify(
     solver: str,
     milp_timeout: float,
     jobs: int,
+    ray_address: str | None,
     alpha_iterations: int,
     attack_steps: int,
     restarts: int,
@@ -215,11 +219,18 @@ def certify(
     from faithverify.certify import CertifyConfig, RefineMode
     from faithverify.certify import certify as run_certify
     from faithverify.data import sample_beside, select_points
+    from faithverify.executors import import_ray
     from faithverify.pair import load_pair
     from faithverify.results import ResultsFile, format_table, summarize, write_summary_csv
 
     if resume and out is None:
         raise click.BadParameter("--resume needs --out", param_hint="--resume")
+    if ray_address is not None:
+        import_ray(local=ray_address == "local")  # a missing extra is one line, before anything is written
+    if out is not None and str(out) == "-":
+        raise click.BadParameter(
+            "results stream to a file, not to stdout: give a file name", param_hint="--out"
+        )
     data_source = sample_beside(teacher, data_source)
     pair = load_pair(teacher, student, domain=domain)
     selected = select_points(
@@ -257,6 +268,7 @@ def certify(
         solver=Solver(solver),
         milp_timeout=milp_timeout,
         jobs=jobs,
+        ray=ray_address,
     )
     # The header: the models and data the records are about, and every setting that decides their values.
     settings = {
@@ -266,7 +278,14 @@ def certify(
         "split": split,
         **config.record_settings(),
     }
+    if out is not None and not resume and out.is_file() and out.stat().st_size > 0:
+        click.echo(f"note: replacing the results in {out} (--resume keeps them)", err=True)
     results_file = ResultsFile(out, settings, resume=resume) if out is not None else None
+    note_on_interrupt(
+        f"the finished points are in {out}; run the same command with --resume to finish"
+        if out is not None
+        else "nothing was kept (--out FILE keeps every point as it finishes)"
+    )
     try:
         done = set(results_file.done) if results_file else set()
         fresh = run_certify(

@@ -12,31 +12,53 @@ from typing import Any, TypeVar
 
 import click
 
+from faithverify import interrupt
 from faithverify.attack_config import PGDConfig
-from faithverify.errors import FaithverifyError, SoundnessViolation
+from faithverify.errors import BoundingError, FaithverifyError, SoundnessViolation
 
 _PGD = PGDConfig()  # the attack's defaults
 
 F = TypeVar("F", bound=Callable[..., Any])
 
-EXIT_BAD_INPUT = 2
-EXIT_INTERNAL = 3
+# Exit codes (README, "Exit codes"). 1 stays Python's own: an unexpected error, with its traceback, is a bug.
+EXIT_BAD_INPUT = 2  # the input or the environment is wrong: one line says what
+EXIT_INTERNAL = 3  # a bound failed its own soundness check: a bug, never a result
+EXIT_LIMITATION = 4  # valid input that faithverify cannot handle yet (not the user's fault)
+EXIT_INTERRUPTED = 130  # Ctrl-C (128 + SIGINT, as shells report it)
+
+_INTERRUPT_NOTE = "faithverify.interrupt_note"
+
+
+def note_on_interrupt(note: str) -> None:
+    """What the one line printed on Ctrl-C should add (where the finished results are, how to resume)."""
+    ctx = click.get_current_context(silent=True)
+    if ctx is not None:
+        ctx.meta[_INTERRUPT_NOTE] = note
 
 
 def reports_errors(func: F) -> F:
-    """Turn our input errors into one line on stderr and exit code 2, never a traceback."""
+    """Turn our input errors into one line on stderr and exit code 2, a limitation into exit code 4, Ctrl-C
+    into one line and exit code 130; never a traceback."""
 
     @wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
-
+        interrupt.install()
         try:
             return func(*args, **kwargs)
+        except BoundingError as exc:
+            click.echo(f"error: not supported yet: {exc}", err=True)
+            sys.exit(EXIT_LIMITATION)
         except FaithverifyError as exc:
             click.echo(f"error: {exc}", err=True)
             sys.exit(EXIT_BAD_INPUT)
         except SoundnessViolation as exc:
             click.echo(f"internal error: {exc}", err=True)
             sys.exit(EXIT_INTERNAL)
+        except KeyboardInterrupt:
+            ctx = click.get_current_context(silent=True)
+            note = ctx.meta.get(_INTERRUPT_NOTE) if ctx is not None else None
+            click.echo(f"interrupted: {note or 'stopped by Ctrl-C'}", err=True)
+            sys.exit(EXIT_INTERRUPTED)
 
     return wrapper  # type: ignore[return-value]
 

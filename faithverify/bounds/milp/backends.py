@@ -39,6 +39,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from faithverify import interrupt
 from faithverify.bounds.milp.encoding import MilpModel
 from faithverify.errors import SolverError
 
@@ -167,25 +168,31 @@ class HighsBackend:
 
         def on_interrupt(event: Any) -> None:
             # Called from HiGHS's branch and bound; both values are in the maximisation sense (module docstring).
-            assert stop is not None
-            out = event.data_out
-            if out.mip_dual_bound <= stop.bound_at_most:
-                reason.append(Status.BOUND_BELOW_CUTOFF)
-            elif out.mip_primal_bound > stop.incumbent_above:
-                reason.append(Status.INCUMBENT_ABOVE_CUTOFF)
+            try:
+                out = event.data_out
+                if interrupt.requested():
+                    reason.append(Status.STOPPED)
+                elif stop is not None and out.mip_dual_bound <= stop.bound_at_most:
+                    reason.append(Status.BOUND_BELOW_CUTOFF)
+                elif stop is not None and out.mip_primal_bound > stop.incumbent_above:
+                    reason.append(Status.INCUMBENT_ABOVE_CUTOFF)
+            except KeyboardInterrupt:  # Ctrl-C landed in this callback: stop HiGHS, raise after run()
+                interrupt.request()
+                reason.append(Status.STOPPED)
             # Set the flag both ways: HiGHS keeps the callback's input between runs (highspy 1.16), so a flag
             # left True by the solve before would stop this one at its first call with no reason given.
             event.interrupt(bool(reason))
 
-        if stop is not None:
-            h.cbMipInterrupt.subscribe(on_interrupt)
+        # Subscribed even without a stop rule: it is how a Ctrl-C reaches a long solve.
+        h.cbMipInterrupt.subscribe(on_interrupt)
         began = time.perf_counter()
         highs_threads(self._threads)
         try:
-            _highs_ok(h.run(), "solve with")
+            status = h.run()
         finally:
-            if stop is not None:
-                h.cbMipInterrupt.unsubscribe(on_interrupt)
+            h.cbMipInterrupt.unsubscribe(on_interrupt)
+        interrupt.raise_if_requested()  # before reading an interrupted solve as a result
+        _highs_ok(status, "solve with")
         seconds = time.perf_counter() - began
         return self._result(reason[0] if reason else None, seconds)
 
@@ -301,6 +308,7 @@ def highs_threads(n: int) -> None:
 def _highs_ok(status: Any, action: str) -> None:
     import highspy
 
+    interrupt.raise_if_requested()  # an interrupted run reports an error: it is the user's Ctrl-C, not HiGHS
     if status == highspy.HighsStatus.kError:
         raise SolverError(f"HiGHS could not {action} the model")
 
@@ -391,6 +399,10 @@ class GurobiBackend:
             if exc.errno == _GUROBI_LICENSE_LIMIT_ERRNO:
                 raise GurobiLicenseLimit(str(exc)) from exc
             raise SolverError(f"Gurobi failed: {exc}") from exc
+        if m.Status == gp.GRB.INTERRUPTED:
+            # Gurobi caught the Ctrl-C itself (its own SIGINT handler during optimize()); Python never saw it.
+            interrupt.request()
+        interrupt.raise_if_requested()
         return self._result(stop, time.perf_counter() - began)
 
     def _result(self, stop: StopRule | None, seconds: float) -> RawSolve:
