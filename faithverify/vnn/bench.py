@@ -91,7 +91,7 @@ def read_instances(csv_path: str | Path) -> list[Instance]:
     out: list[Instance] = []
     try:
         rows = list(csv.reader(io.StringIO(text, newline="")))
-    except csv.Error as exc:  # a NUL byte, an unterminated quote at the end
+    except csv.Error as exc:  # whatever the csv module itself refuses
         raise DataError(f"{csv_path}: not a CSV file ({exc})") from None
     for number, row in enumerate(rows, start=1):
         if not row or all(not c.strip() for c in row) or row[0].lstrip().startswith("#"):
@@ -102,6 +102,8 @@ def read_instances(csv_path: str | Path) -> list[Instance]:
         onnx_name, vnnlib_name = row[0].strip(), row[1].strip()
         if not onnx_name or not vnnlib_name:
             raise DataError(f"{where}: an empty file name")
+        if "\0" in onnx_name + vnnlib_name:
+            raise DataError(f"{where}: a file name with a NUL byte")
         try:
             timeout = float(row[2])
         except ValueError:
@@ -119,46 +121,57 @@ def read_instances(csv_path: str | Path) -> list[Instance]:
 def check_writable(path: Path, what: str) -> None:
     """Refuse, before any work, an output path that cannot be written: under a file, a folder itself, or a name
     the file system cannot hold. Nothing is created."""
-    if path.is_dir():
-        raise ResultsFileError(f"{what} {path} is a folder")
-    ancestor = path.parent
-    missing = [path.name]
-    while not ancestor.exists() and ancestor != ancestor.parent:
-        missing.append(ancestor.name)
-        ancestor = ancestor.parent
-    if not ancestor.is_dir():
-        raise ResultsFileError(f"{what} {path}: {ancestor} is a file, not a folder")
-    _check_names(ancestor, missing, what, path, extra=_TMP_EXTRA)
-    if not os.access(ancestor, os.W_OK | os.X_OK):
-        raise ResultsFileError(f"{what} {path}: {ancestor} is not writable")
+    _check_path(path, what, folder=False)
 
 
 def check_writable_dir(path: Path, what: str) -> None:
     """As :func:`check_writable`, for a folder (which may exist)."""
-    if path.exists() and not path.is_dir():
-        raise ResultsFileError(f"{what} {path} is a file, not a folder")
+    _check_path(path, what, folder=True)
+
+
+def _exists(path: Path) -> bool:
+    try:
+        return path.exists()
+    except OSError:  # a name too long to exist
+        return False
+
+
+def _check_path(path: Path, what: str, *, folder: bool) -> None:
     ancestor, missing = path, []
-    while not ancestor.exists() and ancestor != ancestor.parent:
+    while not _exists(ancestor) and ancestor != ancestor.parent:
         missing.append(ancestor.name)
         ancestor = ancestor.parent
-    if not ancestor.is_dir():
-        raise ResultsFileError(f"{what} {path}: {ancestor} is a file, not a folder")
-    _check_names(ancestor, missing, what, path, extra=0)
+    if ancestor == path:  # it exists
+        if folder and not path.is_dir():
+            raise ResultsFileError(f"{what} {_short(path)} is a file, not a folder")
+        if not folder and path.is_dir():
+            raise ResultsFileError(f"{what} {_short(path)} is a folder")
+        ancestor = path if folder else path.parent
+    elif not ancestor.is_dir():
+        raise ResultsFileError(f"{what} {_short(path)}: {_short(ancestor)} is a file, not a folder")
+    # A file is written through a temporary file beside it, whose name is longer.
+    _check_names(ancestor, missing[::-1], what, path, extra=0 if folder else _TMP_EXTRA)
     if not os.access(ancestor, os.W_OK | os.X_OK):
-        raise ResultsFileError(f"{what} {path}: {ancestor} is not writable")
+        raise ResultsFileError(f"{what} {_short(path)}: {_short(ancestor)} is not writable")
+
+
+def _short(path: Path) -> str:
+    text = str(path)
+    return text if len(text) <= 100 else text[:60] + "..." + text[-30:]
 
 
 def _check_names(existing: Path, names: list[str], what: str, path: Path, extra: int) -> None:
+    """Each of ``names`` (to be created under ``existing``, the last being the target) fits the file system."""
     try:
-        limit = os.pathconf(existing, "PC_NAME_MAX")
+        limit = int(os.pathconf(existing, "PC_NAME_MAX"))
     except (OSError, ValueError):
         limit = 255
     for k, name in enumerate(names):
-        size = len(os.fsencode(name)) + (extra if k == 0 else 0)
-        if size > limit:
+        allowed = limit - (extra if k == len(names) - 1 else 0)
+        if len(os.fsencode(name)) > allowed:
             raise ResultsFileError(
-                f"{what} {str(path)[:60]}...: the name {name[:40]}... is too long for the file system "
-                f"({len(os.fsencode(name))} bytes; at most {limit - (extra if k == 0 else 0)})"
+                f"{what} {_short(path)}: the name {name[:30]}... is too long for the file system "
+                f"({len(os.fsencode(name))} bytes; at most {allowed})"
             )
 
 
@@ -306,7 +319,7 @@ def run_suite(
     csv_path = Path(csv_path)
     instances = read_instances(csv_path)
     summary, results_dir = Path(summary), Path(results_dir)
-    if summary.exists() and csv_path.exists() and summary.resolve() == csv_path.resolve():
+    if _exists(summary) and summary.resolve() == csv_path.resolve():
         raise ResultsFileError(f"--out {summary} is the instances file itself")
     check_writable(summary, "--out")
     check_writable_dir(results_dir, "--results-dir")
