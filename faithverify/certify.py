@@ -302,8 +302,6 @@ def _refine_task(
     """One point's refinement, as an executor task (in a pool or Ray worker, or here): the networks are the
     executor's shared value, sent once per worker."""
     item, config = args
-    # One thread per task: the executors run one task per CPU (a pool process each, num_cpus=1 on Ray).
-    torch.set_num_threads(1)
     return _refine(forms, item, config)
 
 

@@ -17,6 +17,7 @@ from faithverify.cli_support import (
     solver_option,
     timeout_option,
 )
+from faithverify.executors import RAY_OPTION_HELP
 
 
 def _finite(_ctx: click.Context, param: click.Parameter, value: float | None) -> float | None:
@@ -145,6 +146,14 @@ def export_vnn(
     callback=_finite,
     help="Use at most this many seconds per instance, whatever instances.csv says.",
 )
+@click.option(
+    "--jobs",
+    type=click.IntRange(min=1),
+    default=1,
+    show_default=True,
+    help="Instances run at a time, each in its own process (with --ray local: Ray's CPUs).",
+)
+@click.option("--ray", "ray_address", metavar="ADDRESS", default=None, help=RAY_OPTION_HELP)
 @quiet_option()
 @reports_errors
 def bench(
@@ -155,6 +164,8 @@ def bench(
     solver: str,
     no_milp: bool,
     timeout_cap: float | None,
+    jobs: int,
+    ray_address: str | None,
     quiet: bool,
 ) -> None:
     """Run a VNN-COMP-style suite given as instances.csv (rows onnx,vnnlib,timeout; .gz accepted).
@@ -169,13 +180,18 @@ def bench(
     Example:
       faithverify export-vnn T.onnx S.onnx --n 20 --eps 0.05 --delta 0.2 -o suite/
       faithverify bench suite/instances.csv --out results.csv
+      faithverify bench suite/instances.csv --out results.csv --ray ray://head:10001   # on a Ray cluster
     """
     from collections import Counter
 
     from tqdm.auto import tqdm
 
     from faithverify.bounds.milp import Solver
+    from faithverify.executors import ExecutorSpec, import_ray
     from faithverify.vnn.bench import default_results_dir, read_instances, run_suite
+
+    if ray_address is not None:
+        import_ray(local=ray_address == "local")  # a missing extra is one line, before anything is written
 
     results_dir = results_dir or default_results_dir(summary)
     total = len(read_instances(instances))
@@ -183,7 +199,7 @@ def bench(
     seconds = 0.0
     runs = run_suite(
         instances, summary, results_dir, resume=resume, solver=Solver(solver), milp=not no_milp,
-        timeout_cap=timeout_cap,
+        timeout_cap=timeout_cap, executor=ExecutorSpec(jobs=jobs, ray=ray_address),
     )  # fmt: skip
     with tqdm(total=total, desc="bench", unit="inst", disable=quiet) as bar:
         for _, answer in runs:

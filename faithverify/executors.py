@@ -130,8 +130,16 @@ class SerialExecutor(Executor):
 _POOL_TASK: tuple[TaskFn, Any] | None = None
 
 
+def _one_thread() -> None:
+    """A worker has one CPU (a pool process each, num_cpus=1 on Ray): torch must not spread over the node's."""
+    import torch
+
+    torch.set_num_threads(1)
+
+
 def _init_pool_worker(fn: TaskFn, shared: Any) -> None:
     global _POOL_TASK
+    _one_thread()
     _POOL_TASK = (fn, shared)
 
 
@@ -236,6 +244,7 @@ def _run_on_ray(fn: TaskFn, shared_box: list[Any], item: Any) -> Any:
     ref = shared_box[0]
     key = ref.hex()
     if key not in _RAY_SHARED:
+        _one_thread()  # Ray also sets OMP_NUM_THREADS=1 for a num_cpus=1 worker; this does not depend on it
         _RAY_SHARED.clear()
         _RAY_SHARED[key] = ray.get(ref)
     return fn(_RAY_SHARED[key], item)
@@ -313,7 +322,8 @@ class RayExecutor(Executor):
 
 # The --ray option's help, one text for every command that takes it (certify, bench).
 RAY_OPTION_HELP = (
-    "Run the refinements as tasks on Ray (one CPU each; the driver screens, and alone writes the results): "
+    "Run the tasks (certify: each point's refinement; bench: each instance) on Ray, one CPU each; the driver "
+    "alone writes the results. "
     "'local' starts Ray on this machine only, with --jobs CPUs; 'auto' joins the cluster this machine belongs "
     f"to; HOST:PORT or ray://HOST:PORT a given one. Needs {RAY_INSTALL_HINT}."
 )

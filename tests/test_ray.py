@@ -8,6 +8,7 @@ and delta 0.11 the attack and the screening bounds leave 7 of the 12 points to t
 
 from __future__ import annotations
 
+import csv
 import json
 import math
 import os
@@ -245,3 +246,26 @@ def test_an_interrupted_driver_cancels_and_resume_completes(
     # The resumed run screens the missing points in a smaller batch, and CROWN's batched matrix products round
     # differently in the last bits of a float (the local path's --resume does the same): equal to 1e-12.
     assert close(by_point(out), pool_run)
+
+
+@pytest.mark.slow
+def test_bench_on_ray_gives_the_answers_of_the_serial_run(
+    ray_address: str, models: dict[str, Path], tmp_path: Path
+) -> None:
+    suite = tmp_path / "suite"
+    result = invoke("export-vnn", models["teacher"], models["student"], "--data", models["data"], "--n", "4",
+                    "--eps", "0.2", "--delta", "0.11", "--timeout", "20", "-o", suite)  # fmt: skip
+    assert result.exit_code == 0, result.output
+
+    def answers(out: Path) -> dict[str, tuple[str, str, str]]:
+        rows = list(csv.DictReader(out.open()))
+        assert len({r["index"] for r in rows}) == len(rows) == 4  # each instance once
+        return {r["index"]: (r["result"], r["stage"], Path(r["result_file"]).read_text()) for r in rows}
+
+    serial, on_ray = tmp_path / "serial.csv", tmp_path / "ray.csv"
+    assert invoke("bench", suite / "instances.csv", "--out", serial, "--quiet").exit_code == 0
+    result = invoke(
+        "bench", suite / "instances.csv", "--out", on_ray, "--quiet", "--ray", "local", "--jobs", "2"
+    )
+    assert result.exit_code == 0, result.output
+    assert answers(on_ray) == answers(serial)

@@ -23,7 +23,7 @@ import shutil
 import tempfile
 import time
 import zlib
-from collections.abc import Iterator
+from collections.abc import Hashable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TextIO
@@ -38,6 +38,7 @@ from faithverify.errors import (
     SoundnessViolation,
     UnsupportedOperatorError,
 )
+from faithverify.executors import ExecutorSpec, open_executor
 from faithverify.vnn.engine import Answer, Outcome, ProblemError, verify
 from faithverify.vnn.instance import format_result, query_from_instance
 from faithverify.vnn.vnnlib import read_vnnlib, write_text_atomic
@@ -226,6 +227,13 @@ def run_instance(
         return failed(Outcome.ERROR, f"internal error: {type(exc).__name__}: {exc}".splitlines()[0])
 
 
+def _instance_task(settings: tuple[Solver, bool], task: tuple[Path, Path, float]) -> Answer:
+    """One instance as an executor task: ``settings`` (solver, MILP or not) is the run's shared value."""
+    solver, milp = settings
+    onnx_path, vnnlib_path, timeout = task
+    return run_instance(onnx_path, vnnlib_path, timeout, solver=solver, milp=milp)
+
+
 def default_results_dir(summary: Path) -> Path:
     """Beside the summary, named after it without its extension (``results.csv`` -> ``results/``)."""
     if summary.suffix and summary.stem:
@@ -311,8 +319,10 @@ def run_suite(
     solver: Solver = Solver.AUTO,
     milp: bool = True,
     timeout_cap: float | None = None,
+    executor: ExecutorSpec | None = None,
 ) -> Iterator[tuple[Instance, Answer | None]]:
-    """Run every instance, yielding each with its answer (None: skipped, already in the summary).
+    """Run every instance, yielding each with its answer (None: skipped, already in the summary), in the order
+    they finish: one by one here, or as tasks of a local pool or Ray (``executor``).
 
     Every input and output is checked before the first instance runs (a ResultsFileError or DataError, with
     nothing written); after that, one instance's failure is its own row and the suite goes on."""
@@ -347,32 +357,43 @@ def run_suite(
         elif previous.keep_bytes is not None:
             handle.truncate(previous.keep_bytes)
         handle.flush()
+        todo: dict[Hashable, tuple[Instance, tuple[str, str, str]]] = {}
         for inst in instances:
-            timeout = used_timeout(inst)
-            key = inst.key(timeout)
+            key = inst.key(used_timeout(inst))
             if key in previous.done:
                 yield inst, None
-                continue
-            answer = run_instance(inst.onnx, inst.vnnlib, timeout, solver=solver, milp=milp)
-            result_file = results_dir / result_name(inst)
-            try:
-                write_text_atomic(result_file, format_result(answer))
-                writer.writerow(
-                    [
-                        inst.index,
-                        key[0],
-                        key[1],
-                        key[2],
-                        answer.outcome.value,
-                        f"{answer.seconds:.3f}",
-                        answer.stage,
-                        " ".join(answer.reason.split()),  # one line per row, whatever the reason says
-                        str(result_file),
-                    ]
-                )
-                handle.flush()
-            except OSError as exc:  # the disk filled, the folder went away: no later instance can be written
-                raise ResultsFileError(
-                    f"cannot write {result_file} or {summary}: {exc.strerror or exc}"
-                ) from None
-            yield inst, answer
+            else:
+                todo[inst.index] = (inst, key)
+        if not todo:
+            return
+        # Each instance is a task (faithverify.executors): run here in order by default, or by the workers of a
+        # local pool or a Ray cluster (which read the suite's files at the same paths). The driver alone writes
+        # the result files and the summary, as the answers come back.
+        with open_executor(_instance_task, (solver, milp), executor or ExecutorSpec()) as runner:
+            for index, (inst, _) in todo.items():
+                runner.submit(index, (inst.onnx, inst.vnnlib, used_timeout(inst)))
+            for index, answer in runner.results(wait=True):
+                inst, key = todo[index]
+                result_file = results_dir / result_name(inst)
+                try:
+                    write_text_atomic(result_file, format_result(answer))
+                    writer.writerow(
+                        [
+                            inst.index,
+                            key[0],
+                            key[1],
+                            key[2],
+                            answer.outcome.value,
+                            f"{answer.seconds:.3f}",
+                            answer.stage,
+                            " ".join(answer.reason.split()),  # one line per row, whatever the reason says
+                            str(result_file),
+                        ]
+                    )
+                    handle.flush()
+                # The disk filled, the folder went away: no later instance can be written.
+                except OSError as exc:
+                    raise ResultsFileError(
+                        f"cannot write {result_file} or {summary}: {exc.strerror or exc}"
+                    ) from None
+                yield inst, answer
