@@ -18,7 +18,9 @@ from faithverify import __version__
 from faithverify.cli_gate import gate
 from faithverify.cli_report import heatmap, report
 from faithverify.cli_support import (
+    OneLineErrors,
     attack_options,
+    check_output_file,
     data_options,
     domain_option,
     eps_list_option,
@@ -36,6 +38,7 @@ from faithverify.executors import RAY_OPTION_HELP
 from faithverify.methods import BoundMethod, Refiner
 
 if TYPE_CHECKING:
+    from faithverify.pair import Pair
     from faithverify.results import PointResult
 
 
@@ -51,7 +54,9 @@ def _sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.group(
+    cls=OneLineErrors, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100}
+)
 @click.version_option(__version__, prog_name="faithverify")
 def main() -> None:
     """Sound bounds on how far a distilled student's softmax outputs can drift from its teacher's.
@@ -225,14 +230,18 @@ def certify(
 
     if resume and out is None:
         raise click.BadParameter("--resume needs --out", param_hint="--resume")
-    if ray_address is not None:
-        import_ray(local=ray_address == "local")  # a missing extra is one line, before anything is written
     if out is not None and str(out) == "-":
         raise click.BadParameter(
             "results stream to a file, not to stdout: give a file name", param_hint="--out"
         )
-    data_source = sample_beside(teacher, data_source)
+    for path, option in ((out, "--out"), (csv_path, "--csv")):
+        if path is not None:
+            check_output_file(path, option)  # before the run, not after it
+    if ray_address is not None:
+        import_ray(local=ray_address == "local")  # a missing extra is one line, before anything is written
+    # The models first: a file that is not a model is named as such, not as a missing sample beside it.
     pair = load_pair(teacher, student, domain=domain)
+    data_source = sample_beside(teacher, data_source)
     selected = select_points(
         data_source,
         pair.input_shape,
@@ -241,8 +250,11 @@ def certify(
         start=start,
         count=count,
         domain=domain,
+        num_classes=pair.num_classes,
     )
     x, labels, indices = selected.x, selected.labels, selected.indices
+    for warning in _input_warnings(pair, eps_list, domain):
+        click.echo(f"warning: {warning}", err=True)
 
     screening = [BoundMethod(m) for m in dict.fromkeys(methods) if m in BoundMethod.__members__.values()]
     exact = [Refiner(m) for m in dict.fromkeys(methods) if m in Refiner.__members__.values()]
@@ -278,7 +290,7 @@ def certify(
         "split": split,
         **config.record_settings(),
     }
-    if out is not None and not resume and out.is_file() and out.stat().st_size > 0:
+    if out is not None and not resume and out.exists() and out.stat().st_size > 0:
         click.echo(f"note: replacing the results in {out} (--resume keeps them)", err=True)
     results_file = ResultsFile(out, settings, resume=resume) if out is not None else None
     note_on_interrupt(
@@ -321,6 +333,24 @@ def certify(
             click.echo(summary)
         if out is not None:
             click.echo(f"per-point results: {out}")
+
+
+def _input_warnings(pair: Pair, eps_list: tuple[float, ...], domain: tuple[float, float]) -> list[str]:
+    """Inputs that run but probably are not what the user meant."""
+    warnings = []
+    width = domain[1] - domain[0]
+    too_wide = [e for e in eps_list if e >= width]
+    if too_wide:
+        warnings.append(
+            f"--eps {too_wide[0]:g} is at least the domain's width {width:g}: every ball is the whole domain"
+        )
+    sizes = [sum(p.numel() for p in m.module.parameters()) for m in (pair.teacher, pair.student)]
+    if sizes[1] > 2 * sizes[0]:
+        warnings.append(
+            f"the student has {sizes[1]:,} parameters, the teacher {sizes[0]:,}: are TEACHER and STUDENT swapped? "
+            "(the gap is symmetric, but reports name them)"
+        )
+    return warnings
 
 
 def _milp_summary(points: list[PointResult], timeout: float, *, all_pairs: bool) -> str:
@@ -387,6 +417,8 @@ def summary(results: Path, as_json: bool, csv_path: Path | None) -> None:
     """Summarise a results file written by `certify --out` (one row per eps)."""
     from faithverify.results import format_table, read_results, summarize, write_summary_csv
 
+    if csv_path is not None:
+        check_output_file(csv_path, "--csv")
     _, points = read_results(results)
     rows = summarize(points)
     if csv_path is not None:

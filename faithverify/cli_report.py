@@ -6,7 +6,14 @@ from pathlib import Path
 
 import click
 
-from faithverify.cli_support import attack_options, data_options, domain_option, output_option, reports_errors
+from faithverify.cli_support import (
+    FiniteFloatRange,
+    attack_options,
+    data_options,
+    domain_option,
+    output_option,
+    reports_errors,
+)
 
 
 def _parse_dims(_ctx: click.Context, _param: click.Parameter, value: str) -> tuple[int, int] | None:
@@ -57,7 +64,7 @@ def report(results: tuple[Path, ...], output: Path) -> None:
 @click.argument("student", type=click.Path(path_type=Path))
 @click.option("--index", type=click.IntRange(min=0), required=True, help="Index of the point in the data.")
 @click.option(
-    "--eps", type=click.FloatRange(min=0, min_open=True), required=True, help="L-inf radius of the ball."
+    "--eps", type=FiniteFloatRange(min=0, min_open=True), required=True, help="L-inf radius of the ball."
 )
 @data_options("Where the point comes from")
 @domain_option("the slice is clipped to it and to the ball.")

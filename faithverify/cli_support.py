@@ -4,6 +4,7 @@ options (with their validation) that several commands take with the same meaning
 from __future__ import annotations
 
 import math
+import os
 import sys
 from collections.abc import Callable
 from functools import wraps
@@ -63,6 +64,34 @@ def reports_errors(func: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
+class OneLineErrors(click.Group):
+    """A command group whose every error is one line: click's usage errors too (``error: Invalid value for
+    '--eps': ...``, exit 2, where click prints usage, a hint and the error on three), and Ctrl-C anywhere in
+    click's own work (exit 130, where click prints ``Aborted!`` and exits 1)."""
+
+    def main(self, *args: Any, **kwargs: Any) -> Any:  # type: ignore[override]
+        kwargs["standalone_mode"] = False
+        try:
+            code = super().main(*args, **kwargs)
+        except click.exceptions.NoArgsIsHelpError as exc:  # a bare command: its help, as click shows it
+            click.echo(exc.format_message(), err=True)
+            sys.exit(exc.exit_code)
+        except click.ClickException as exc:
+            command = (
+                f" (see {exc.ctx.command_path} --help)"
+                if isinstance(exc, click.UsageError) and exc.ctx
+                else ""
+            )
+            click.echo(f"error: {exc.format_message()}{command}", err=True)
+            sys.exit(exc.exit_code)
+        except (click.Abort, KeyboardInterrupt):
+            click.echo("interrupted: stopped by Ctrl-C", err=True)
+            sys.exit(EXIT_INTERRUPTED)
+        # standalone_mode=False hands back what click would have exited with (0 for --help) or the command's
+        # return value (None); our commands exit themselves on failure.
+        sys.exit(code if isinstance(code, int) else 0)
+
+
 def compose(*decorators: Callable[[Any], Any]) -> Callable[[F], F]:
     """One decorator applying ``decorators`` as if stacked in this order (so options show in this order)."""
 
@@ -72,6 +101,47 @@ def compose(*decorators: Callable[[Any], Any]) -> Callable[[F], F]:
         return func
 
     return apply
+
+
+def check_output_file(path: Path, option: str) -> None:
+    """Fail now, with one line, if ``path`` cannot become a file: before a long run, not after it.
+
+    Nothing is created: a directory in the way, a parent that is a file, a name too long for the file system
+    or a folder that cannot be made are all found by asking the file system about the path and its parents.
+    """
+    from faithverify.errors import ResultsFileError
+
+    try:
+        if path.is_dir():
+            raise ResultsFileError(f"cannot write {option} {path}: it is a directory")
+        parent = path.parent
+        while not parent.exists():  # the first existing ancestor must be a folder we may write into
+            parent = parent.parent
+        if not parent.is_dir():
+            raise ResultsFileError(f"cannot write {option} {path}: {parent} is a file, not a folder")
+        if not os.access(parent, os.W_OK):
+            raise ResultsFileError(f"cannot write {option} {path}: {parent} is not writable")
+        limit = os.pathconf(parent, "PC_NAME_MAX")
+        too_long = next((part for part in path.parts if len(os.fsencode(part)) > limit), None)
+        if too_long is not None:
+            raise ResultsFileError(
+                f"cannot write {option}: the name {too_long[:40]}... is longer than {limit} bytes"
+            )
+    except OSError as exc:
+        raise ResultsFileError(f"cannot write {option} {path}: {exc.strerror or exc}") from exc
+
+
+class FiniteFloatRange(click.FloatRange):
+    """click's ``FloatRange`` lets ``nan`` through (every comparison with it is false) and ``inf`` past an open
+    upper end; a number option of ours is always a finite number in its range."""
+
+    name = "finite float range"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        number = super().convert(value, param, ctx)
+        if not math.isfinite(number):
+            self.fail(f"{value!r} is not a finite number", param, ctx)
+        return number
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -188,7 +258,7 @@ def solver_option(what: str = "MILP solver") -> Callable[[F], F]:
 
 def timeout_option(help: str, *, dest: str = "timeout", at_least: float | None = None) -> Callable[[F], F]:
     """``--timeout`` in seconds, default 60: positive, or ``>= at_least`` where that is given."""
-    seconds = click.FloatRange(min=0, min_open=True) if at_least is None else click.FloatRange(min=at_least)
+    seconds = FiniteFloatRange(min=0, min_open=True) if at_least is None else FiniteFloatRange(min=at_least)
     return click.option("--timeout", dest, type=seconds, default=60.0, show_default=True, help=help)
 
 

@@ -13,7 +13,7 @@ from typing import Any
 
 import click
 
-from faithverify.cli_support import compose, output_option, quiet_option, reports_errors
+from faithverify.cli_support import FiniteFloatRange, compose, output_option, quiet_option, reports_errors
 from faithverify.data import KNOWN_DATASETS
 from faithverify.train.recipes import RECIPES, STUDENT_METHODS, TEACHER, Recipe, get_recipe
 
@@ -61,11 +61,11 @@ def _training_options(func: Any) -> Any:
         click.option("--arch", default=None, help="Architecture (default: the recipe's)."),
         click.option("--epochs", type=click.IntRange(min=1), default=None, help="Number of epochs."),
         click.option(
-            "--adv-eps", type=click.FloatRange(min=0), default=None, help="Training radius (L-inf)."
+            "--adv-eps", type=FiniteFloatRange(min=0), default=None, help="Training radius (L-inf)."
         ),
         click.option("--pgd-steps", type=click.IntRange(min=1), default=None, help="PGD steps in training."),
         click.option(
-            "--lr", type=click.FloatRange(min=0, min_open=True), default=None, help="Learning rate."
+            "--lr", type=FiniteFloatRange(min=0, min_open=True), default=None, help="Learning rate."
         ),
         click.option("--batch-size", type=click.IntRange(min=1), default=None, help="Batch size."),
         click.option("--seed", type=int, default=None, help="Seed of initialisation, order and attacks."),
@@ -180,8 +180,8 @@ def train_teacher(**opts: Any) -> None:
     "--teacher", type=click.Path(dir_okay=False, path_type=Path), required=True, help="Teacher ONNX file."
 )
 @click.option("--data", default="mnist", show_default=True, help="Dataset name, directory or .npz.")
-@click.option("--alpha", type=click.FloatRange(0, 1), default=None, help="Weight of the distillation term.")
-@click.option("--temperature", type=click.FloatRange(min=0, min_open=True), default=None, help="Softmax T.")
+@click.option("--alpha", type=FiniteFloatRange(0, 1), default=None, help="Weight of the distillation term.")
+@click.option("--temperature", type=FiniteFloatRange(min=0, min_open=True), default=None, help="Softmax T.")
 @_training_options
 @reports_errors
 def distill(**opts: Any) -> None:

@@ -16,6 +16,7 @@ Supported layouts:
 
 from __future__ import annotations
 
+import difflib
 import gzip
 import io
 import os
@@ -268,7 +269,7 @@ def load_dataset(source: str | Path, split: str = "test", data_root: str | Path 
             raise DataError(f"data file not found: {path}")
         return _load_npz(path)
     if not path.is_dir():
-        raise DataError(f"dataset directory not found: {path}")
+        raise DataError(f"dataset directory not found: {path}{_did_you_mean(str(source))}")
     cifar = _cifar_dir(path)
     if cifar is not None:
         x, y = _load_cifar_dir(cifar, split)
@@ -282,8 +283,20 @@ def load_dataset(source: str | Path, split: str = "test", data_root: str | Path 
 def _env_root() -> Path:
     root = data_root()
     if root is None:
-        raise DataError(f"no data root: pass one or set {DATA_ROOT_ENV} to a directory holding the datasets")
+        raise DataError(
+            f"no data root: pass --data-root or set {DATA_ROOT_ENV} to a directory holding the datasets"
+        )
     return root
+
+
+def _did_you_mean(source: str) -> str:
+    """A hint for a misspelt dataset name (``mnsit``): a close known name, or the list of them."""
+    if "/" in source or "." in Path(source).name:
+        return ""  # a path the user meant as one
+    close = difflib.get_close_matches(source.lower(), KNOWN_DATASETS, n=1, cutoff=0.6)
+    if close:
+        return f" (did you mean the dataset {close[0]!r}?)"
+    return f" (dataset names: {', '.join(KNOWN_DATASETS)})"
 
 
 def fit_to_input_shape(x: np.ndarray, input_shape: tuple[int, ...]) -> np.ndarray:
@@ -350,9 +363,11 @@ def select_points(
     start: int = 0,
     count: int | None = None,
     domain: tuple[float, float] = (0.0, 1.0),
+    num_classes: int | None = None,
 ) -> Points:
     """Points ``start .. start + count`` of ``source``, reshaped to ``input_shape`` and checked to lie in
-    ``domain`` (a model verified over [0, 1] says nothing about pixels in [0, 255])."""
+    ``domain`` (a model verified over [0, 1] says nothing about pixels in [0, 255]), with labels checked to
+    name one of ``num_classes`` classes where that is given."""
     dataset = load_dataset(source, split=split, data_root=data_root)
     if start < 0:
         raise DataError(f"start index {start} is negative")
@@ -364,4 +379,11 @@ def select_points(
     if lo < domain[0] or hi > domain[1]:
         raise DataError(f"the data's values span [{lo:g}, {hi:g}], outside the domain {list(domain)}")
     labels = dataset.y[start:stop] if dataset.y is not None else None
+    if labels is not None and num_classes is not None and len(labels):
+        bad = np.flatnonzero((labels < 0) | (labels >= num_classes))
+        if len(bad):
+            raise DataError(
+                f"label {int(labels[bad[0]])} of point {start + int(bad[0])} is not a class of the model "
+                f"(0 .. {num_classes - 1}); {len(bad)} labels are out of range"
+            )
     return Points(x, labels, np.arange(start, stop), source)

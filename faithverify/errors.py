@@ -39,5 +39,9 @@ class SolverError(FaithverifyError):
     """A MILP solver is missing, unlicensed for the model, or failed on it."""
 
 
+class DeviceError(FaithverifyError):
+    """The device asked for (``--device cuda``) is not there."""
+
+
 class SoundnessViolation(RuntimeError):
     """An attack found a larger gap than a 'sound' upper bound: a bug, never a result (exit code 3)."""

@@ -331,7 +331,15 @@ def format_table(rows: Sequence[EpsSummary]) -> str:
 
 
 def write_summary_csv(rows: Sequence[EpsSummary], path: str | Path) -> None:
+    try:
+        _write_summary_csv(rows, path)
+    except OSError as exc:
+        raise ResultsFileError(f"cannot write the summary to {path}: {exc.strerror or exc}") from exc
+
+
+def _write_summary_csv(rows: Sequence[EpsSummary], path: str | Path) -> None:
     methods = _methods(rows)
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
     with open(path, "w", newline="", encoding="utf-8") as handle:
         writer = csv.writer(handle)
         writer.writerow(

@@ -21,6 +21,7 @@ from faithverify.bounds.coupled import CoupledBound, coupled_bound
 from faithverify.bounds.crown import Box, LayerBounds
 from faithverify.bounds.softmax import LogitDiffBounds, faithfulness_from_logit_bounds
 from faithverify.bounds.torchnet import BoundNetwork
+from faithverify.errors import DeviceError
 from faithverify.methods import BoundMethod, Engine
 from faithverify.network import PiecewiseLinearNetwork
 from faithverify.pair import Pair
@@ -52,7 +53,9 @@ def resolve_device(device: str) -> torch.device:
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if device == "cuda" and not torch.cuda.is_available():
-        raise ValueError("--device cuda was asked for, but torch sees no CUDA device")
+        raise DeviceError(
+            "--device cuda was asked for, but torch sees no CUDA device (use --device cpu or auto)"
+        )
     return torch.device(device)
 
 
