@@ -42,6 +42,7 @@ from faithverify.bounds.bounder import BoundMethod
 from faithverify.bounds.portfolio import Refiner
 from faithverify.certify import CertifyConfig, RefineMode, certify
 from faithverify.data import fit_to_input_shape, load_dataset
+from faithverify.executors import connect_ray
 from faithverify.pair import load_pair
 from faithverify.results import EpsSummary, PointResult, ResultsFile, read_results, summarize
 from faithverify.train import paper_numbers as paper
@@ -115,7 +116,7 @@ def run_student(
         config = CertifyConfig(
             eps=list(eps_grid), methods=(BoundMethod.CROWN, BoundMethod.ALPHA_CROWN, BoundMethod.COUPLED),
             pgd=PGDConfig(), robustness=False, device="auto", refine_mode=RefineMode.ALL,
-            refiners=(Refiner.BAB, Refiner.MILP), milp_timeout=args.exact_timeout, jobs=args.jobs,
+            refiners=(Refiner.BAB, Refiner.MILP), milp_timeout=args.exact_timeout, jobs=args.jobs, ray=args.ray,
         )  # fmt: skip
         out = REPO / "out" / "paper" / f"{dataset}-{method}-exact.jsonl"
         settings = {**common, "sample": sample.tolist(), "timeout": args.exact_timeout, "refine": "bab+milp"}
@@ -365,12 +366,19 @@ def main() -> None:
     parser.add_argument("--exact-timeout", type=float, default=10.0, help="refinement seconds per point")
     parser.add_argument("--jobs", type=int, default=1, help="processes for the exact bounds")
     parser.add_argument(
+        "--ray", default=None, metavar="ADDRESS",
+        help="run the exact bounds' points as Ray tasks: local (this machine, --jobs CPUs), auto, or an address",
+    )  # fmt: skip
+    parser.add_argument(
         "--exact-students", nargs="+", default=list(STUDENT_METHODS), choices=STUDENT_METHODS,
         help="students that get the exact-bound sample (default: all)",
     )  # fmt: skip
     parser.add_argument("--resume", action="store_true")
     parser.add_argument("--quiet", action="store_true")
     args = parser.parse_args()
+    if args.ray is not None:
+        # One connection for the whole run: every certify call below joins it (faithverify.executors).
+        connect_ray(args.ray, args.jobs)
 
     eps_grid = get_recipe(f"{args.dataset}/teacher").eval_eps
     test = load_dataset(args.dataset, "test", data_root=args.data_root)
