@@ -35,6 +35,7 @@ from faithverify.vnn import (
     write_vnnlib,
 )
 from faithverify.vnn.export import ball, export_suite, gap_property
+from faithverify.vnn.vnnlib import VnnlibUnsupported
 from tests.conftest import SHIPPED
 
 
@@ -445,8 +446,7 @@ MALFORMED_2 = [
     ("non-linear term", V2_HEAD + "(assert (>= (* Y[0,0] Y[0,1]) 1.0))\n", 7, "Non-linear"),
     ("not-equal", V2_HEAD + "(assert (!= Y[0,0] 1.0))\n", 7, "!= is not supported"),
     ("no upper bound", V2_HEAD.replace("(<= X[0,1] 1.0)", "") + "(assert (>= Y[0,0] 1.0))\n", 3, "X[0,1] has no upper"),
-    ("mixed", V2_HEAD + "(assert (>= Y[0,0] X[0,0]))\n", 7, "mixes inputs and outputs"),
-    ("untied input", V2_TWO, 7, "Xb[0,1] of network b is not declared equal"),
+    ("untied input without bounds", V2_TWO, 7, "Xb[0,1] has no lower bound"),
 ]  # fmt: skip
 
 
@@ -462,6 +462,43 @@ def test_malformed_queries_name_file_and_line(tmp_path: Path, text: str, line: i
     assert info.value.line == line, message
     assert message.startswith(f"{path}, line {line}: "), message
     assert fragment in message, message
+
+
+def test_constraints_across_inputs_and_outputs_read_the_input_after_the_outputs() -> None:
+    # Y[0,0] >= X[0,0] and X[0,0] + X[0,1] <= 1.5: rows over [Y (2 values), X (2 values)].
+    query = parse_query(V2_HEAD + "(assert (>= Y[0,0] X[0,0]))\n(assert (<= (+ X[0,0] X[0,1]) 1.5))\n")
+    assert query.reads_inputs and query.shared_input
+    (conj,) = query.unsafe
+    assert conj.a.tolist() == [[-1.0, 0.0, 1.0, 0.0], [0.0, 0.0, 1.0, 1.0]] and conj.b.tolist() == [0.0, 1.5]
+    assert query.is_unsafe(np.array([0.9, 0.0, 0.5, 1.0])) and not query.is_unsafe(
+        np.array([0.4, 0, 0.5, 1.0])
+    )
+    assert parse_query(format_query(query)) == query
+
+
+def test_networks_with_independent_and_permuted_inputs() -> None:
+    text = V2_TWO.replace("(assert (== Xa[0,0] Xb[0,0]))", "(assert (== Xa[0,0] Xb[0,1]))") + (
+        "(assert (and (>= Xb[0,0] 2.0) (<= Xb[0,0] 3.0)))\n"
+    )
+    query = parse_query(text)
+    # Xa[0,0] (= Xb[0,1]) and Xa[0,1] are entries 0 and 1; Xb[0,0] is a third, independent one.
+    assert not query.shared_input and query.n_inputs == 3
+    assert query.input_index is not None and query.input_index["b"].tolist() == [2, 0]
+    assert query.input_boxes[0].lower.tolist() == [0.0, 0.0, 2.0]
+    assert query.network_input("b", np.array([10.0, 11.0, 12.0])).tolist() == [12.0, 10.0]
+    again = parse_query(format_query(query))
+    assert again.input_index is not None and again.input_index["b"].tolist() == [2, 0]
+    assert again.input_boxes == query.input_boxes and again.unsafe == query.unsafe
+
+
+def test_real_element_type_and_well_formed_but_unsupported_queries() -> None:
+    query = parse_query(V2_HEAD.replace("float32", "real") + "(assert (>= (* 2.0 Y[0,0]) 1.0))\n")
+    assert query.networks[0].dtype == "real"
+    for extra in ["(assert (!= Y[0,0] 1.0))", "(assert (>= (* Y[0,0] Y[0,1]) 1.0))"]:
+        with pytest.raises(VnnlibUnsupported):
+            parse_query(V2_HEAD + extra + "\n")
+    with pytest.raises(VnnlibUnsupported, match="no upper bound"):
+        parse_query(V2_HEAD.replace("(<= X[0,1] 1.0)", "") + "(assert (>= Y[0,0] 1.0))\n")
 
 
 # ------------------------------------------------------------------------------------------------------------

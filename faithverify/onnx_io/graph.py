@@ -5,6 +5,7 @@ the chain of nodes the output depends on, and the values of nodes computed from 
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -85,12 +86,18 @@ def _value_dims(model: onnx.ModelProto, name: str) -> list[int | None] | None:
 @dataclass(frozen=True)
 class _IOInfo:
     input_name: str
-    input_shape: tuple[int, ...]
+    input_shape: tuple[int, ...]  # per sample: without the batch axis when ``batched``
     output_name: str
-    num_classes: int | None  # None when the output's class dim is not declared
+    num_classes: int | None  # None when the output's size is not declared
+    # Whether the graph's first axis is a batch axis. Without one (a VNN-LIB network over a tensor ``[3]`` or
+    # ``[2, 3]``), the whole input is one sample and the torch module adds a batch axis the graph never sees.
+    batched: bool = True
+    any_output: bool = False  # an output of any shape, flattened row-major (VNN-LIB); else logits [N, C]
 
 
-def _io_info(model: onnx.ModelProto) -> _IOInfo:
+def _io_info(model: onnx.ModelProto, any_shape: bool = False, batched: bool = True) -> _IOInfo:
+    """The model's one input and output. ``any_shape`` (VNN-LIB networks): any declared input and output
+    shape; the first input axis is read as a batch axis only if ``batched`` and it is 1 or symbolic."""
     graph = model.graph
     initializers = {init.name for init in graph.initializer}
     # Older exporters list initializers among the graph inputs; those are not real inputs.
@@ -111,6 +118,10 @@ def _io_info(model: onnx.ModelProto) -> _IOInfo:
     ):
         raise _Invalid(f"input {value.name!r} is not a floating-point tensor")
     dims = _declared_dims(value)
+    out = graph.output[0]
+    out_dims = _declared_dims(out)
+    if any_shape:
+        return _any_shape_info(value.name, dims, out.name, out_dims, batched)
     if dims is None or len(dims) < 2:
         raise _Invalid(f"input {value.name!r} must have a declared shape [N, ...] with a batch axis first")
     batch = value.type.tensor_type.shape.dim[0]
@@ -122,12 +133,35 @@ def _io_info(model: onnx.ModelProto) -> _IOInfo:
         raise _Invalid(
             f"input {value.name!r} has shape {_fmt_dims(dims)}; all but the batch axis must be fixed"
         )
-    out = graph.output[0]
-    out_dims = _declared_dims(out)
     if out_dims is not None and len(out_dims) != 2:
         raise _Invalid(f"output {out.name!r} has shape {_fmt_dims(out_dims)}; expected logits [N, C]")
     classes = out_dims[1] if out_dims is not None else None
     return _IOInfo(value.name, tuple(int(d) for d in dims[1:] if d is not None), out.name, classes)
+
+
+def _any_shape_info(
+    name: str, dims: list[int | None] | None, out_name: str, out_dims: list[int | None] | None, batched: bool
+) -> _IOInfo:
+    if dims is None:
+        raise _Invalid(f"input {name!r} has no declared shape")
+    if not dims:
+        raise _Invalid(f"input {name!r} is a scalar; a tensor of rank 1 or more is needed")
+    # A leading 1 or symbolic axis is tried as a batch axis first (the torch module is then the familiar one,
+    # convolutions included); a symbolic axis anywhere else leaves the input's size unknown.
+    batched = batched and len(dims) >= 2 and dims[0] in (None, 1)
+    if any(d is None for d in dims[1 if batched else 0 :]):
+        raise _Invalid(
+            f"input {name!r} has shape {_fmt_dims(dims)}; all but a leading batch axis must be fixed"
+        )
+    shape = tuple(int(d) for d in (dims[1:] if batched else dims) if d is not None)
+    classes = None
+    if out_dims is not None:
+        per_sample = out_dims
+        if batched:  # without a batch axis in front of the output, the translation decides
+            per_sample = out_dims[1:] if out_dims and out_dims[0] in (None, 1) else [None]
+        if all(d is not None for d in per_sample):
+            classes = math.prod(int(d) for d in per_sample if d is not None)
+    return _IOInfo(name, shape, out_name, classes, batched=batched, any_output=True)
 
 
 def _fmt_dims(dims: Sequence[int | None]) -> str:
@@ -166,7 +200,7 @@ def strip_trailing_softmax(model: onnx.ModelProto) -> tuple[onnx.ModelProto, boo
         raise _public_error(exc, "ONNX model") from None
 
 
-def _strip_trailing_softmax(model: onnx.ModelProto) -> tuple[onnx.ModelProto, bool]:
+def _strip_trailing_softmax(model: onnx.ModelProto, batched: bool = True) -> tuple[onnx.ModelProto, bool]:
     graph = model.graph
     if len(graph.output) != 1:
         return model, False
@@ -184,7 +218,7 @@ def _strip_trailing_softmax(model: onnx.ModelProto) -> tuple[onnx.ModelProto, bo
         k = producer.get(data)
     if k is None or graph.node[k].op_type != "Softmax" or uses.get(graph.node[k].output[0], 0) != 1:
         return model, False
-    _check_softmax_axis(model, k)
+    _check_softmax_axis(model, k, batched)
     softmax = graph.node[k]
     stripped = _copy_model(model)
     identity = helper.make_node("Identity", [softmax.input[0]], [softmax.output[0]], name=softmax.name)
@@ -192,8 +226,9 @@ def _strip_trailing_softmax(model: onnx.ModelProto) -> tuple[onnx.ModelProto, bo
     return stripped, True
 
 
-def _check_softmax_axis(model: onnx.ModelProto, k: int) -> None:
-    """The Softmax must normalise over the class axis: every non-batch axis of size > 1, never the batch."""
+def _check_softmax_axis(model: onnx.ModelProto, k: int, batched: bool = True) -> None:
+    """The Softmax must normalise over the class axis: every non-batch axis of size > 1, never the batch
+    (without a batch axis: every axis of size > 1, so the flattened output is one softmax)."""
     node = model.graph.node[k]
     dims = _value_dims(_infer_shapes(model), node.input[0]) or [None, None]
     rank = len(dims)
@@ -202,8 +237,8 @@ def _check_softmax_axis(model: onnx.ModelProto, k: int) -> None:
     axis = int(_attrs(node).get("axis", 1 if opset < 13 else -1))
     axis = axis + rank if axis < 0 else axis
     axes = set(range(axis, rank)) if opset < 13 else {axis}
-    needed = {i for i in range(1, rank) if dims[i] != 1}
-    if 0 in axes or not needed <= axes or not 0 <= axis < rank:
+    needed = {i for i in range(1 if batched else 0, rank) if dims[i] != 1}
+    if (batched and 0 in axes) or not needed <= axes or not 0 <= axis < rank:
         label = node.name or f"<unnamed Softmax node #{k}>"
         raise _Unsupported(
             "Softmax", label, f"softmax over axis {axis} of a rank-{rank} tensor is not over the classes"

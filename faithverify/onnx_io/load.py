@@ -22,7 +22,7 @@ from faithverify.errors import FaithverifyError, ModelLoadError
 from faithverify.onnx_io.errors import _Invalid, _one_line, _public_error, _Unsupported
 from faithverify.onnx_io.graph import _chain_nodes, _io_info, _opset, _strip_trailing_softmax
 from faithverify.onnx_io.layers import ConvertedModel
-from faithverify.onnx_io.runtime import _ort_session, _run_session
+from faithverify.onnx_io.runtime import _ort_session, _run_session, _run_unbatched
 from faithverify.onnx_io.translate import _Translator
 
 if TYPE_CHECKING:
@@ -52,6 +52,9 @@ class LoadedModel:
     max_abs_diff: (
         float  # max |torch - onnxruntime| on the check inputs (logits); NaN if the check was skipped
     )
+    # False for a VNN-LIB network without a batch axis: ``input_shape`` is its whole input, and onnxruntime
+    # runs it one sample at a time (``run_onnxruntime(..., batched=False)``).
+    batched: bool = True
 
     @functools.cached_property
     def network(self) -> PiecewiseLinearNetwork:
@@ -81,14 +84,19 @@ def load_model(
     n_check: int = 32,
     tolerance: float = 1e-4,
     seed: int = 0,
+    any_shape: bool = False,
 ) -> LoadedModel:
     """Load an ONNX classifier, convert it to torch and (with ``check``) compare it with onnxruntime.
 
     The check draws ``n_check`` seeded inputs uniformly in ``domain`` plus the two corners of the domain box
     and requires ``max |torch(float64) - onnxruntime| <= tolerance`` on the logits.
+
+    ``any_shape`` loads a VNN-LIB network rather than a classifier: an input of any shape (a leading 1 or
+    symbolic axis is a batch axis where the graph allows it; otherwise the whole tensor is one sample) and an
+    output of any shape, flattened row-major into ``num_classes`` values.
     """
     path = Path(path)
-    return _load(_read_model(path), path, domain, check, n_check, tolerance, seed)
+    return _load(_read_model(path), path, domain, check, n_check, tolerance, seed, any_shape)
 
 
 def load_model_proto(
@@ -98,9 +106,10 @@ def load_model_proto(
     n_check: int = 32,
     tolerance: float = 1e-4,
     seed: int = 0,
+    any_shape: bool = False,
 ) -> LoadedModel:
     """:func:`load_model` for a model already in memory (``path`` is None)."""
-    return _load(model, None, domain, check, n_check, tolerance, seed)
+    return _load(model, None, domain, check, n_check, tolerance, seed, any_shape)
 
 
 def _load(
@@ -111,12 +120,13 @@ def _load(
     n_check: int,
     tolerance: float,
     seed: int,
+    any_shape: bool = False,
 ) -> LoadedModel:
     where = str(path) if path is not None else "in-memory ONNX model"
     if not domain[0] <= domain[1]:
         raise ValueError(f"domain {domain} is not an interval (low <= high)")
     try:
-        return _load_unwrapped(model, path, domain, check, n_check, tolerance, seed)
+        return _load_unwrapped(model, path, domain, check, n_check, tolerance, seed, any_shape)
     except FaithverifyError:
         raise
     except (_Invalid, _Unsupported) as exc:
@@ -133,6 +143,7 @@ def _load_unwrapped(
     n_check: int,
     tolerance: float,
     seed: int,
+    any_shape: bool = False,
 ) -> LoadedModel:
     if not model.HasField("graph") or not model.graph.output:
         raise _Invalid("not an ONNX model (no graph with an output)")
@@ -143,15 +154,38 @@ def _load_unwrapped(
         onnx.checker.check_model(model)
     except Exception as exc:  # a model that fails the checker may still run; the onnxruntime check decides
         log.info("onnx.checker: %s", _one_line(exc))
-    info = _io_info(model)
-    logits_model, stripped = _strip_trailing_softmax(model)
-    nodes = _chain_nodes(logits_model.graph, info.input_name, info.output_name)
-    module = _Translator(logits_model, info).run(nodes)
+    info = _io_info(model, any_shape)
+    try:
+        logits_model, stripped = _strip_trailing_softmax(model, info.batched)
+        nodes = _chain_nodes(logits_model.graph, info.input_name, info.output_name)
+        module = _Translator(logits_model, info).run(nodes)
+    except _Unsupported as first:
+        if not info.batched:
+            raise
+        # The leading axis of size 1 is no batch axis to this graph (a Transpose moves it, say): read the
+        # whole tensor as one sample instead, if that translates.
+        try:
+            info_whole = _io_info(model, any_shape, batched=False)
+        except _Invalid:  # a symbolic leading axis: no fixed whole tensor to read
+            raise first from None
+        if info_whole.batched:
+            raise
+        try:
+            logits_model, stripped = _strip_trailing_softmax(model, batched=False)
+            nodes = _chain_nodes(logits_model.graph, info_whole.input_name, info_whole.output_name)
+            module = _Translator(logits_model, info_whole).run(nodes)
+        except (_Unsupported, _Invalid):
+            raise first from None
+        info = info_whole
     if info.num_classes is not None and info.num_classes != module.num_classes:
         raise _Invalid(
             f"output declares {info.num_classes} classes but the graph computes {module.num_classes}"
         )
-    diff = _check_against_onnxruntime(logits_model, module, domain, n_check, seed) if check else math.nan
+    diff = (
+        _check_against_onnxruntime(logits_model, module, domain, n_check, seed, info.batched, info.any_output)
+        if check
+        else math.nan
+    )
     if check and not diff <= tolerance:
         raise _Invalid(
             f"the converted model disagrees with onnxruntime: max |difference| {diff:.3g} "
@@ -166,6 +200,7 @@ def _load_unwrapped(
         num_classes=module.num_classes,
         softmax_stripped=stripped,
         max_abs_diff=diff,
+        batched=info.batched,
     )
 
 
@@ -175,6 +210,8 @@ def _check_against_onnxruntime(
     domain: tuple[float, float],
     n_check: int,
     seed: int,
+    batched: bool = True,
+    flatten: bool = False,
 ) -> float:
     low, high = domain
     shape = module.input_shape
@@ -187,7 +224,10 @@ def _check_against_onnxruntime(
         ]
     )
     x = x.astype(np.float32).astype(np.float64)  # both sides see exactly the same (float32) inputs
-    expected = _run_session(_ort_session(logits_model), x)
+    session = _ort_session(logits_model)
+    expected = _run_session(session, x) if batched else _run_unbatched(session, x)
+    if flatten:  # an output of any shape, compared flattened row-major as the module computes it
+        expected = expected.reshape(len(expected), -1)
     with torch.no_grad():
         got = copy.deepcopy(module).double()(torch.from_numpy(x)).numpy()
     if expected.shape != got.shape:

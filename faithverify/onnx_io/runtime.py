@@ -46,13 +46,28 @@ def _run_session(session: ort.InferenceSession, x: np.ndarray) -> np.ndarray:
     return np.concatenate(parts).astype(np.float64)
 
 
-def run_onnxruntime(model: onnx.ModelProto | bytes | str | Path, x: np.ndarray) -> np.ndarray:
+def _run_unbatched(session: ort.InferenceSession, x: np.ndarray) -> np.ndarray:
+    """A model without a batch axis, one sample ``x[i]`` (the model's whole input) at a time: ``[N, out]``."""
+    spec = session.get_inputs()[0]
+    x = np.asarray(x, dtype=_ORT_DTYPES.get(spec.type, np.float32))
+    try:
+        parts = [np.asarray(session.run(None, {spec.name: sample})[0]).reshape(-1) for sample in x]
+    except Exception as exc:
+        raise _Invalid(f"onnxruntime failed to run the model: {_one_line(exc)}") from exc
+    return np.stack(parts).astype(np.float64)
+
+
+def run_onnxruntime(
+    model: onnx.ModelProto | bytes | str | Path, x: np.ndarray, batched: bool = True
+) -> np.ndarray:
     """The model's first output for ``x [N, *input_shape]`` (cast to the input dtype) as float64 ``[N, ...]``.
 
-    Models with a batch dimension fixed to 1 are run one sample at a time.
+    Models with a batch dimension fixed to 1 are run one sample at a time. A model without a batch axis
+    (``batched=False``: ``input_shape`` is its whole input) is run on each ``x[i]``, outputs flattened.
     """
     where = str(model) if isinstance(model, (str, Path)) else "in-memory ONNX model"
     try:
-        return _run_session(_ort_session(model), x)
+        session = _ort_session(model)
+        return _run_session(session, x) if batched else _run_unbatched(session, x)
     except _Invalid as exc:
         raise _public_error(exc, where) from None

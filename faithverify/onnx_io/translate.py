@@ -72,6 +72,7 @@ class _Translator:
     def __init__(self, model: onnx.ModelProto, info: _IOInfo) -> None:
         self.opset = _opset(model)
         self.info = info
+        self.batched = info.batched  # without a batch axis, ONNX axes are the per-sample axes themselves
         consts = {init.name: numpy_helper.to_array(init) for init in model.graph.initializer}
         # Two worlds differing only in the batch size, so shape arithmetic reveals which values are the batch.
         self.consts: tuple[dict[str, np.ndarray], dict[str, np.ndarray]] = (consts, dict(consts))
@@ -101,6 +102,8 @@ class _Translator:
         except RuntimeError as exc:
             shape = _fmt_dims([None, *self.shape])
             raise _Invalid(f"node {label!r} ({op}) does not fit its input {shape}: {_one_line(exc)}") from exc
+        if out.dim() < 2:  # a per-sample scalar: the modules and bounds expect per-sample tensors
+            raise _Unsupported(op, label, "a scalar (rank-0) result is not supported")
         self.layers.append(module)
         self.shapes.append(tuple(out.shape[1:]))
 
@@ -119,7 +122,7 @@ class _Translator:
     def per_sample(self, c: np.ndarray, op: str, label: str) -> np.ndarray:
         """A constant operand of an elementwise op, without the batch axis; it must not grow the tensor."""
         c = np.asarray(c, dtype=np.float64)
-        if c.ndim == len(self.shape) + 1:
+        if self.batched and c.ndim == len(self.shape) + 1:
             if c.shape[0] != 1:
                 raise _Unsupported(
                     op, label, f"constant of shape {list(c.shape)} varies along the batch axis"
@@ -189,6 +192,10 @@ class _Translator:
             raise _Invalid(
                 f"output {self.info.output_name!r} is not computed from the input by a chain of nodes"
             )
+        if len(self.shape) != 1 and self.info.any_output:
+            self.reshape_to(
+                (math.prod(self.shape),), "Reshape", "<flattened output>"
+            )  # row-major, as VNN-LIB
         if len(self.shape) != 1:
             shape = _fmt_dims([None, *self.shape])
             raise _Invalid(f"output {self.info.output_name!r} has shape {shape}; expected logits [N, C]")
@@ -243,7 +250,8 @@ class _Translator:
         start, end = int(attrs.get("start", 0)), attrs.get("end")
         name = node.output[0]
         for world, batch in zip(self.consts, _PROBE_BATCHES, strict=True):
-            full = np.array([batch, *self.dyn_shapes[node.input[0]]], dtype=np.int64)
+            dims = self.dyn_shapes[node.input[0]]
+            full = np.array([batch, *dims] if self.batched else dims, dtype=np.int64)
             world[name] = full[start : None if end is None else int(end)]
         if not np.array_equal(self.consts[0][name], self.consts[1][name]):
             self.batch_dependent.add(name)
@@ -273,6 +281,9 @@ class _Translator:
         attrs = _attrs(node)
         if pos != 0:
             raise _Unsupported("Gemm", label, "only operand A may be the non-constant input")
+        if not self.batched:
+            self._gemm_unbatched(node, label, attrs)
+            return
         if int(attrs.get("transA", 0)):
             raise _Unsupported("Gemm", label, "transA=1 would transpose the batch axis")
         if len(self.shape) != 1:
@@ -289,6 +300,22 @@ class _Translator:
             bias = float(attrs.get("beta", 1.0)) * np.broadcast_to(c.reshape(-1), weight.shape[:1])
         self.append(_linear(weight, bias), "Gemm", label)
 
+    def _gemm_unbatched(self, node: onnx.NodeProto, label: str, attrs: dict[str, Any]) -> None:
+        """Gemm on a tensor without a batch axis: A is the whole per-sample matrix [M, K] (or [K, M])."""
+        if len(self.shape) != 2:
+            raise _Unsupported("Gemm", label, f"A must be a matrix, got shape {list(self.shape)}")
+        if int(attrs.get("transA", 0)):
+            self.transpose([1, 0], "Gemm", label)
+        b = self.const(node.input[1], "Gemm", label).astype(np.float64)
+        if b.ndim != 2:
+            raise _Unsupported("Gemm", label, "B must be a matrix")
+        weight = float(attrs.get("alpha", 1.0)) * (b if int(attrs.get("transB", 0)) else b.T)
+        self.append(_linear(weight, np.zeros(weight.shape[0])), "Gemm", label)
+        if len(node.input) > 2 and node.input[2]:
+            c = float(attrs.get("beta", 1.0)) * self.const(node.input[2], "Gemm", label).astype(np.float64)
+            c = self.per_sample(c, "Gemm", label)  # C broadcasts onto [M, N]: a bias, per column or not
+            self.affine(np.ones(self.shape), c, [ConstAdd(self.full_rank(c))], "Gemm", label)
+
     def matmul(self, node: onnx.NodeProto, label: str, pos: int) -> None:
         w = self.const(node.input[1 - pos], "MatMul", label).astype(np.float64)
         if w.ndim != 2:
@@ -297,6 +324,9 @@ class _Translator:
             )
         if pos == 0:  # x @ W acts on the last axis
             self.append(_linear(w.T, np.zeros(w.shape[1])), "MatMul", label)
+            return
+        if not self.batched and len(self.shape) == 1:  # W @ x for a vector x: a Linear
+            self.append(_linear(w, np.zeros(w.shape[0])), "MatMul", label)
             return
         # W @ x acts on the second-to-last axis: transpose, apply on the last axis, transpose back.
         rank = len(self.shape)
@@ -337,6 +367,11 @@ class _Translator:
         b = bias - mean * a
         # spatial=1 (the default; the attribute is gone since opset 9): one value per channel (axis 1).
         target = (-1, *[1] * (len(self.shape) - 1)) if int(attrs.get("spatial", 1)) else self.shape
+        if not self.batched:  # the channel axis is axis 1 of the tensor itself
+            if len(self.shape) < 2:
+                raise _Unsupported("BatchNormalization", label, "the input has no channel axis (axis 1)")
+            channels = (1, -1, *[1] * (len(self.shape) - 2))
+            target = channels if int(attrs.get("spatial", 1)) else self.shape[1:]
         try:
             a, b = a.reshape(target), b.reshape(target)
         except ValueError as exc:
@@ -357,7 +392,7 @@ class _Translator:
         if pos != 0:
             raise _Unsupported("Conv", label, "the weight must be constant")
         w = self.const(node.input[1], "Conv", label).astype(np.float64)
-        if w.ndim != 4 or len(self.shape) != 3:
+        if w.ndim != 4 or len(self.shape) != 3 or not self.batched:
             raise _Unsupported("Conv", label, "only 2-D convolutions on [N, C, H, W] are supported")
         kernel = (w.shape[2], w.shape[3])
         strides = tuple(attrs.get("strides", (1, 1)))
@@ -375,7 +410,7 @@ class _Translator:
 
     def pool(self, node: onnx.NodeProto, label: str, pos: int) -> None:
         op, attrs = node.op_type, _attrs(node)
-        if len(self.shape) != 3:
+        if len(self.shape) != 3 or not self.batched:
             raise _Unsupported(op, label, "only 2-D pooling on [N, C, H, W] is supported")
         if op.startswith("Global"):
             kernel = (self.shape[1], self.shape[2])
@@ -431,6 +466,15 @@ class _Translator:
         return pads[0], pads[1]
 
     def flatten(self, node: onnx.NodeProto, label: str, pos: int) -> None:
+        if not self.batched:  # [d0, ..., dn] -> [d0 * ... * d(axis-1), d(axis) * ... * dn]
+            rank = len(self.shape)
+            axis = int(_attrs(node).get("axis", 1))
+            axis = axis + rank if axis < 0 else axis
+            if not 0 <= axis <= rank:
+                raise _Invalid(f"node {label!r} (Flatten): axis {axis} is out of range for rank {rank}")
+            shape = (math.prod(self.shape[:axis]), math.prod(self.shape[axis:]))
+            self.reshape_to(shape, "Flatten", label)
+            return
         rank = len(self.shape) + 1
         axis = int(_attrs(node).get("axis", 1))
         axis = axis + rank if axis < 0 else axis
@@ -446,6 +490,10 @@ class _Translator:
             targets = [list(attrs["shape"])] * 2
         else:
             raise _Unsupported("Reshape", label, "no target shape")
+        if not self.batched:  # the target is the whole tensor's: read it as a batch of one
+            targets = [[1, *t] for t in targets]
+            targets[1][0] = _PROBE_BATCHES[1]  # so the leading entry reads as the batch axis
+            targets[0][0] = _PROBE_BATCHES[0]
         self.reshape_to(
             self._reshape_target(targets, bool(attrs.get("allowzero", 0)), label), "Reshape", label
         )
@@ -488,10 +536,13 @@ class _Translator:
         return tuple(rest)
 
     def transpose_node(self, node: onnx.NodeProto, label: str, pos: int) -> None:
-        rank = len(self.shape) + 1
+        rank = len(self.shape) + (1 if self.batched else 0)
         perm = [int(p) for p in _attrs(node).get("perm", range(rank - 1, -1, -1))]
         if sorted(perm) != list(range(rank)):
             raise _Invalid(f"node {label!r} (Transpose): perm {perm} is not a permutation of {rank} axes")
+        if not self.batched:
+            self.transpose(perm, "Transpose", label)
+            return
         if perm[0] != 0:
             raise _Unsupported("Transpose", label, f"perm {perm} moves the batch axis")
         self.transpose([p - 1 for p in perm[1:]], "Transpose", label)

@@ -53,6 +53,11 @@ class VnnlibError(FaithverifyError):
         super().__init__(f"{where}: {message}")
 
 
+class VnnlibUnsupported(VnnlibError):
+    """A well-formed query outside the fragment faithverify decides (non-linear terms, ``!=``, an input without
+    bounds, ...): a solver answers it ``unknown``, where a malformed file is an error."""
+
+
 # ------------------------------------------------------------------------------------------------------------
 # Data model
 
@@ -99,28 +104,53 @@ class Box:
 
 @dataclass(frozen=True, eq=False)
 class Conjunct:
-    """One disjunct of the unsafe set: ``all(a @ y <= b)``, ``a`` of shape ``[k, n_out]``, ``b`` of ``[k]``."""
+    """One disjunct of the unsafe set: ``all(a @ y <= b)``, ``a`` of shape ``[k, n_out]``, ``b`` of ``[k]``.
+
+    ``strict[k]`` marks a row ``a[k] @ y < b[k]`` (VNN-LIB 2.0 keeps ``<``/``>``; VNN-LIB 1.0, as VNN-COMP,
+    reads them as ``<=``/``>=``). Bounds may use the closure (sound for ``unsat``); a counterexample must
+    satisfy the strict rows strictly.
+    """
 
     a: np.ndarray
     b: np.ndarray
+    strict: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         a = np.array(self.a, dtype=np.float64)
         b = _float_vector(self.b, "b")
         if a.ndim != 2 or a.shape[0] != b.shape[0]:
             raise ValueError(f"a must be [k, n_out] with k = len(b) = {b.shape[0]}, got shape {a.shape}")
+        strict = np.zeros(len(b), dtype=bool) if self.strict is None else np.array(self.strict, dtype=bool)
+        if strict.shape != b.shape:
+            raise ValueError(f"strict must have one flag per row ({len(b)}), got shape {strict.shape}")
         object.__setattr__(self, "a", a)
         object.__setattr__(self, "b", b)
+        object.__setattr__(self, "strict", strict)
 
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, Conjunct):
             return NotImplemented
-        return np.array_equal(self.a, other.a) and np.array_equal(self.b, other.b)
+        return (
+            np.array_equal(self.a, other.a)
+            and np.array_equal(self.b, other.b)
+            and np.array_equal(self.flags, other.flags)
+        )
+
+    @property
+    def flags(self) -> np.ndarray:
+        """``strict`` as a boolean array (always set once constructed)."""
+        assert self.strict is not None
+        return self.strict
+
+    def witness_bounds(self) -> np.ndarray:
+        """Right-hand sides a counterexample's ``a @ y <= .`` check uses: strict rows one ulp below ``b``."""
+        return np.where(self.flags, np.nextafter(self.b, -np.inf), self.b)
 
     def holds(self, y: np.ndarray, tolerance: float = 0.0) -> bool:
-        """``all(a @ y <= b + tolerance)`` for the flattened output ``y``."""
+        """``all(a @ y <= b + tolerance)`` for the flattened output ``y`` (``<`` on strict rows)."""
         y = np.asarray(y, dtype=np.float64).reshape(-1)
-        return bool(np.all(self.a @ y <= self.b + tolerance))
+        value, bound = self.a @ y, self.b + tolerance
+        return bool(np.all(np.where(self.flags, value < bound, value <= bound)))
 
 
 @dataclass(frozen=True)
@@ -181,26 +211,29 @@ class Row:
     outputs: dict[int, float]
     rhs: float
     line: int | None
+    strict: bool = False  # ``<`` rather than ``<=`` (kept by the 2.0 reader only)
 
 
 Dnf = list[list[Row]]  # a disjunction of conjunctions of rows
 
 
 def rows_of_comparison(
-    op: str, coefs: dict[tuple[str, int], float], const: float, line: int | None
+    op: str, coefs: dict[tuple[str, int], float], const: float, line: int | None, keep_strict: bool = False
 ) -> list[Row]:
     """Rows for ``(op lhs rhs)`` given ``lhs - rhs = sum coefs[v] v + const``; ``=`` gives two rows.
 
-    ``coefs`` is keyed by ``("X", i)`` or ``("Y", j)``. Strict comparisons are read as non-strict.
+    ``coefs`` is keyed by ``("X", i)`` or ``("Y", j)``. Strict comparisons are read as non-strict, unless
+    ``keep_strict`` (the rows are then marked strict).
     """
+    strict = keep_strict and op in ("<", ">")
     inputs = {i: c for (kind, i), c in coefs.items() if kind == "X" and c != 0.0}
     outputs = {j: c for (kind, j), c in coefs.items() if kind == "Y" and c != 0.0}
     rhs = -const
     neg = ({i: -c for i, c in inputs.items()}, {j: -c for j, c in outputs.items()}, const)
     if op in ("<=", "<"):
-        return [Row(inputs, outputs, rhs, line)]
+        return [Row(inputs, outputs, rhs, line, strict)]
     if op in (">=", ">"):
-        return [Row(*neg, line)]
+        return [Row(*neg, line, strict)]
     if op in ("=", "=="):
         return [Row(inputs, outputs, rhs, line), Row(*neg, line)]
     raise AssertionError(f"not a comparison: {op}")
@@ -216,7 +249,9 @@ def and_dnf(parts: Sequence[Dnf], source: str, line: int | None) -> Dnf:
         if len(part) == 1:
             continue
         if len(result) * len(part) > MAX_CONJUNCTS:
-            raise VnnlibError(source, line, f"the formula expands to more than {MAX_CONJUNCTS} disjuncts")
+            raise VnnlibUnsupported(
+                source, line, f"the formula expands to more than {MAX_CONJUNCTS} disjuncts"
+            )
         result = [left + right for left in result for right in part]
     return result
 
@@ -225,7 +260,7 @@ def or_dnf(parts: Sequence[Dnf], source: str, line: int | None) -> Dnf:
     """The DNF of a disjunction: all the parts' disjuncts."""
     result = [conj for part in parts for conj in part]
     if len(result) > MAX_CONJUNCTS:
-        raise VnnlibError(source, line, f"the formula has more than {MAX_CONJUNCTS} disjuncts")
+        raise VnnlibUnsupported(source, line, f"the formula has more than {MAX_CONJUNCTS} disjuncts")
     return result
 
 
@@ -236,6 +271,7 @@ def assemble(
     source: str,
     input_label: Sequence[str] | None = None,
     input_line: Sequence[int | None] | None = None,
+    mixed: bool = False,
 ) -> tuple[list[Box], list[Conjunct]]:
     """Turn the conjoined assertions (each a DNF, with its line) into input boxes and the unsafe set.
 
@@ -243,7 +279,13 @@ def assemble(
     The input region is the product of the input assertions' disjunctions of boxes; the unsafe set the product
     of the output assertions' disjunctions. ``input_label[i]`` names input ``i`` and ``input_line[i]`` is the
     line of its declaration, for the error about an input without bounds.
+
+    With ``mixed``, any other linear constraint over inputs (several inputs in a row, or inputs and outputs
+    together) is kept in the unsafe set instead, whose rows then read ``[outputs..., inputs...]`` (width
+    ``n_outputs + n_inputs``); every input still needs box bounds.
     """
+    if mixed:
+        return _assemble_mixed(assertions, n_inputs, n_outputs, source, input_label, input_line)
     labels = list(input_label) if input_label is not None else [f"X_{i}" for i in range(n_inputs)]
     # Boxes are kept as mutable [lower, upper] pairs while assertions narrow them.
     boxes: list[tuple[np.ndarray, np.ndarray]] = [(np.full(n_inputs, -np.inf), np.full(n_inputs, np.inf))]
@@ -302,6 +344,76 @@ def assemble(
     return [Box(lo, hi) for lo, hi in boxes], conjuncts
 
 
+def _is_bound(row: Row) -> bool:
+    return not row.outputs and len(row.inputs) == 1
+
+
+def _assemble_mixed(
+    assertions: Sequence[tuple[Dnf, int | None]],
+    n_inputs: int,
+    n_outputs: int,
+    source: str,
+    input_label: Sequence[str] | None,
+    input_line: Sequence[int | None] | None,
+) -> tuple[list[Box], list[Conjunct]]:
+    labels = list(input_label) if input_label is not None else [f"X_{i}" for i in range(n_inputs)]
+    boxes: list[tuple[np.ndarray, np.ndarray]] = [(np.full(n_inputs, -np.inf), np.full(n_inputs, np.inf))]
+    unsafe: Dnf = [[]]
+    for dnf, line in assertions:
+        rows = [row for conj in dnf for row in conj]
+        for row in rows:
+            if not row.inputs and not row.outputs:
+                raise VnnlibUnsupported(source, row.line, "a comparison without variables")
+        if all(_is_bound(row) for row in rows):
+            boxes = _narrow(boxes, dnf, labels, source)
+        elif len(dnf) == 1:  # the bounds narrow the box; the other rows join the unsafe set
+            bounds = [row for row in dnf[0] if _is_bound(row)]
+            if bounds:
+                boxes = _narrow(boxes, [bounds], labels, source)
+            unsafe = and_dnf([unsafe, [[row for row in dnf[0] if not _is_bound(row)]]], source, line)
+        else:  # a disjunction: kept whole (its bounds as rows too), so nothing is lost
+            unsafe = and_dnf([unsafe, dnf], source, line)
+    boxes = _checked_boxes(boxes, labels, input_line, source)
+    reads_inputs = any(row.inputs for conj in unsafe for row in conj)
+    width = n_outputs + (n_inputs if reads_inputs else 0)
+    conjuncts = []
+    for conj in unsafe:
+        a = np.zeros((len(conj), width))
+        for k, row in enumerate(conj):
+            for j, c in row.outputs.items():
+                a[k, j] += c
+            for i, c in row.inputs.items():
+                a[k, n_outputs + i] += c
+        rhs = np.array([row.rhs for row in conj], dtype=np.float64)
+        conjuncts.append(Conjunct(a, rhs, np.array([row.strict for row in conj], dtype=bool)))
+    return [Box(lo, hi) for lo, hi in boxes], conjuncts
+
+
+def _checked_boxes(
+    boxes: list[tuple[np.ndarray, np.ndarray]],
+    labels: Sequence[str],
+    input_line: Sequence[int | None] | None,
+    source: str,
+) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Every input bounded on both sides; empty boxes (no input at all) are dropped."""
+    for lower, upper in boxes:
+        for bound, what in ((lower, "lower"), (upper, "upper")):
+            missing = np.flatnonzero(~np.isfinite(bound))
+            if missing.size:
+                i = int(missing[0])
+                where = input_line[i] if input_line is not None else None
+                raise VnnlibUnsupported(source, where, f"input {labels[i]} has no {what} bound")
+    kept = [(lo, hi) for lo, hi in boxes if not np.any(lo > hi)]
+    if not kept:
+        lower, upper = boxes[0]
+        i = int(np.flatnonzero(lower > upper)[0])
+        where = input_line[i] if input_line is not None else None
+        raise VnnlibUnsupported(
+            source, where, f"input {labels[i]} has an empty range [{lower[i]!r}, {upper[i]!r}]"
+        )
+    return kept
+
+
 def _bound(coef: float, rhs: float) -> tuple[bool, float]:
     """``coef * x <= rhs`` as (is_upper, bound). A division that rounds is widened by one ulp outwards, so
     the box read never shrinks the region the file states (sound for ``unsat``)."""
@@ -331,7 +443,7 @@ def _narrow(
             found.append((i, *_bound(coef, row.rhs)))
         bounds.append(found)
     if len(boxes) * len(bounds) > MAX_CONJUNCTS:
-        raise VnnlibError(source, None, f"the input region has more than {MAX_CONJUNCTS} boxes")
+        raise VnnlibUnsupported(source, None, f"the input region has more than {MAX_CONJUNCTS} boxes")
     # One disjunct (the usual case) narrows the boxes in place: no copies, so 3072-input files stay linear.
     pairs = boxes if len(bounds) == 1 else [(lo.copy(), hi.copy()) for lo, hi in boxes for _ in bounds]
     for k, (lower, upper) in enumerate(pairs):
@@ -517,6 +629,16 @@ def _contiguous(reader: _Reader, kind: str) -> int:
 
 def parse_vnnlib(text: str, source: str = "<string>") -> Property:
     """Parse VNN-LIB 1.0 text into a :class:`Property`; ``source`` names it in error messages."""
+    dnfs, n_in, n_out, input_line = read_v1_assertions(text, source)
+    boxes, unsafe = assemble(dnfs, n_in, n_out, source, input_line=input_line)
+    return Property(boxes, unsafe)
+
+
+def read_v1_assertions(
+    text: str, source: str
+) -> tuple[list[tuple[Dnf, int | None]], int, int, list[int | None]]:
+    """A VNN-LIB 1.0 file's assertions (each a DNF of rows, with its line), its numbers of inputs and outputs
+    and the declaration line of each input."""
     reader = _Reader(source)
     assertions: list[tuple[_List, int]] = []
     for node in _sexprs(text, source):
@@ -539,10 +661,9 @@ def parse_vnnlib(text: str, source: str = "<string>") -> Property:
             raise reader.error(node.line, f"unknown command {head.text!r}")
     n_in = _contiguous(reader, "X")
     n_out = _contiguous(reader, "Y")
-    dnfs = [(reader.formula(node.items[1]), line) for node, line in assertions]
-    input_line = [reader.declared[("X", i)] for i in range(n_in)]
-    boxes, unsafe = assemble(dnfs, n_in, n_out, source, input_line=input_line)
-    return Property(boxes, unsafe)
+    dnfs: list[tuple[Dnf, int | None]] = [(reader.formula(node.items[1]), line) for node, line in assertions]
+    input_line: list[int | None] = [reader.declared[("X", i)] for i in range(n_in)]
+    return dnfs, n_in, n_out, input_line
 
 
 def read_text(path: str | Path) -> str:

@@ -47,6 +47,7 @@ from faithverify.vnn.vnnlib import (
     Dnf,
     Property,
     VnnlibError,
+    VnnlibUnsupported,
     and_dnf,
     assemble,
     format_box,
@@ -54,6 +55,7 @@ from faithverify.vnn.vnnlib import (
     format_term,
     or_dnf,
     read_text,
+    read_v1_assertions,
     rows_of_comparison,
     write_text_atomic,
 )
@@ -72,6 +74,7 @@ class Network:
     output_name: str
     output_shape: tuple[int, ...]
     dtype: str = "float32"
+    equal_to: str = ""  # `(equal-to M)`: the very same network as the earlier declared M (one ONNX file)
 
     def __post_init__(self) -> None:
         for what in (self.name, self.input_name, self.output_name):
@@ -89,16 +92,24 @@ class Network:
 
 @dataclass(frozen=True)
 class Query:
-    """A multi-network query: the networks, their shared input's boxes, the unsafe set over their outputs.
+    """A multi-network query: the networks, the boxes of the query's input, the unsafe set over their outputs.
 
-    ``input_boxes`` are over the shared input, flattened row-major (every network reads the same values).
+    The query's input is a vector: by default (``input_index`` None) every network reads all of it, flattened
+    row-major (the networks' inputs are declared equal element by element). Otherwise ``input_index[name][i]``
+    is where element ``i`` of that network's flattened input sits in it: networks with independent inputs read
+    disjoint parts, tied elements share an entry. ``input_boxes`` are over that vector.
+
     ``unsafe`` rows are over the concatenated flattened outputs, networks in declaration order: the first
-    network's outputs are ``y[0:m0]``, the second's ``y[m0:m0+m1]`` and so on (:meth:`output_slices`).
+    network's outputs are ``y[0:m0]``, the second's ``y[m0:m0+m1]`` and so on (:meth:`output_slices`); when
+    ``reads_inputs``, the query's input vector follows them (constraints across inputs, or mixing inputs and
+    outputs), so rows are ``a @ [y, x] <= b``.
     """
 
     networks: list[Network]
     input_boxes: list[Box]
     unsafe: list[Conjunct]
+    input_index: dict[str, np.ndarray] | None = None
+    reads_inputs: bool = False
     _property: Property = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -108,22 +119,43 @@ class Query:
         variables = [v for n in self.networks for v in (n.input_name, n.output_name)]
         if len(set(names + variables)) != len(names) + len(variables):
             raise ValueError("network and variable names must be unique in a query")
-        if len({n.n_inputs for n in self.networks}) != 1:
-            raise ValueError("the networks of a query share one input, so their inputs must have one size")
         prop = Property(self.input_boxes, self.unsafe)
-        if prop.n_inputs != self.networks[0].n_inputs:
-            raise ValueError(f"the input boxes have {prop.n_inputs} values, the networks {self.n_inputs}")
-        if prop.n_outputs != self.n_outputs:
-            raise ValueError(f"the unsafe set spans {prop.n_outputs} outputs, the networks {self.n_outputs}")
+        if self.input_index is None:
+            if len({n.n_inputs for n in self.networks}) != 1:
+                raise ValueError(
+                    "the networks of a query share one input, so their inputs must have one size"
+                )
+            if prop.n_inputs != self.networks[0].n_inputs:
+                raise ValueError(f"the input boxes have {prop.n_inputs} values, the networks {self.n_inputs}")
+        else:
+            for net in self.networks:
+                index = self.input_index[net.name]
+                if index.shape != (net.n_inputs,) or np.any(index < 0) or np.any(index >= prop.n_inputs):
+                    raise ValueError(f"the input index of network {net.name} does not fit the input boxes")
+        width = self.n_outputs + (prop.n_inputs if self.reads_inputs else 0)
+        if prop.n_outputs != width:
+            raise ValueError(f"the unsafe set spans {prop.n_outputs} values; the networks give {width}")
         object.__setattr__(self, "_property", prop)
 
     @property
     def n_inputs(self) -> int:
-        return self.networks[0].n_inputs
+        """The size of the query's input vector."""
+        return int(self.input_boxes[0].size)
 
     @property
     def n_outputs(self) -> int:
         return sum(n.n_outputs for n in self.networks)
+
+    @property
+    def shared_input(self) -> bool:
+        """Whether every network reads the whole input vector, in order."""
+        if self.input_index is None:
+            return True
+        return all(np.array_equal(self.input_index[n.name], np.arange(self.n_inputs)) for n in self.networks)
+
+    def network_input(self, name: str, x: np.ndarray) -> np.ndarray:
+        """Network ``name``'s flattened input taken from the query's input vectors ``x [..., n_inputs]``."""
+        return x if self.input_index is None else x[..., self.input_index[name]]
 
     def output_slices(self) -> dict[str, slice]:
         """Where each network's outputs sit in the concatenated output vector."""
@@ -134,7 +166,8 @@ class Query:
         return slices
 
     def is_unsafe(self, y: np.ndarray, tolerance: float = 0.0) -> bool:
-        """Whether the concatenated outputs ``y`` lie in the unsafe set (rows relaxed by ``tolerance``)."""
+        """Whether the concatenated outputs ``y`` (then the input, when ``reads_inputs``) lie in the unsafe set
+        (rows relaxed by ``tolerance``)."""
         return self._property.is_unsafe(y, tolerance)
 
 
@@ -192,7 +225,14 @@ def _declaration_lines(text: str, keyword: str) -> dict[str, int]:
 
 
 # The parser's element types that hold real numbers, by their VNN-LIB names ("Real" is the parser's Unknown).
-_DTYPES = {"F16": "float16", "BF16": "bfloat16", "F32": "float32", "F64": "float64", "Unknown": "Real"}
+_DTYPES = {
+    "F16": "float16",
+    "BF16": "bfloat16",
+    "F32": "float32",
+    "F64": "float64",
+    "Real": "real",
+    "Unknown": "real",
+}
 
 _OPS = {
     "LessEqual": "<=",
@@ -220,15 +260,15 @@ class _Reader:
         line = _line_of(comparison)
         try:
             lhs, rhs = comparison.lhs.to_linear_expr(), comparison.rhs.to_linear_expr()
-        except self.package.VNNLibException as exc:
-            raise VnnlibError(self.source, line, str(exc)) from None
+        except self.package.VNNLibException as exc:  # a well-typed non-linear term: the POLY theory
+            raise VnnlibUnsupported(self.source, line, str(exc)) from None
         coefs: dict[tuple[str, str, int], float] = {}
         for sign, expr in ((1.0, lhs), (-1.0, rhs)):
             for term in expr.terms:
                 var = term.var
                 kind = var.kind.name
                 if kind not in ("Input", "Output"):
-                    raise VnnlibError(
+                    raise VnnlibUnsupported(
                         self.source, var.line, f"{var.name}: only inputs and outputs are supported"
                     )
                 shape = self.shapes[(var.network_name, kind)]
@@ -249,7 +289,9 @@ class _Reader:
         if a[0] == b[0] or ca != -cb:
             return None
         if not conjunctive:
-            raise VnnlibError(self.source, line, "inputs of two networks declared equal inside a disjunction")
+            raise VnnlibUnsupported(
+                self.source, line, "inputs of two networks declared equal inside a disjunction"
+            )
         return (a[0], a[2]), (b[0], b[2])
 
 
@@ -257,8 +299,16 @@ def _shape(values: Sequence[int]) -> tuple[int, ...]:
     return tuple(int(v) for v in values)
 
 
+def _label(name: str, shape: tuple[int, ...], flat: int) -> str:
+    return f"{name}[{','.join(map(str, np.unravel_index(flat, shape)))}]" if shape else name
+
+
 def parse_query(text: str, source: str = "<string>") -> Query:
-    """Parse VNN-LIB 2.0 text into a :class:`Query`; ``source`` names it in error messages."""
+    """Parse VNN-LIB 2.0 text into a :class:`Query`; ``source`` names it in error messages.
+
+    Raises :class:`VnnlibError` for a malformed query and :class:`VnnlibUnsupported` (a subclass) for a
+    well-formed one outside what faithverify decides.
+    """
     package = _package()
     try:
         parsed = package.parse_query_string(text)
@@ -269,21 +319,25 @@ def parse_query(text: str, source: str = "<string>") -> Query:
     for net in parsed.networks:
         where = net_lines.get(net.name)
         if len(net.inputs) != 1 or len(net.outputs) != 1 or net.hidden:
-            raise VnnlibError(
+            raise VnnlibUnsupported(
                 source, where, f"network {net.name} must declare exactly one input and one output (no hidden)"
             )
         x, y = net.inputs[0], net.outputs[0]
         dtype = _DTYPES.get(x.dtype.name)
-        if dtype is None or _DTYPES.get(y.dtype.name) != dtype:
-            raise VnnlibError(
-                source, where, f"network {net.name}: input and output must have one real element type"
+        if dtype is None or _DTYPES.get(y.dtype.name) is None:
+            raise VnnlibUnsupported(
+                source,
+                where,
+                f"network {net.name}: element types {x.dtype.name} -> {y.dtype.name}; only real and "
+                "floating-point inputs and outputs are supported",
             )
-        networks.append(Network(net.name, x.name, _shape(x.shape), y.name, _shape(y.shape), dtype))
-    if len({n.n_inputs for n in networks}) != 1:
-        raise VnnlibError(source, None, "the networks' inputs differ in size, so they cannot read one input")
+        networks.append(
+            Network(net.name, x.name, _shape(x.shape), y.name, _shape(y.shape), dtype, net.equal_to or "")
+        )
     reader = _Reader(source, text, networks, package)
 
-    # First pass: the ties that make every network read the first network's input, and the other comparisons.
+    # First pass: the ties between inputs of different networks (one input element read by several), and the
+    # other comparisons.
     parent: dict[tuple[str, int], tuple[str, int]] = {}
 
     def root(v: tuple[str, int]) -> tuple[str, int]:
@@ -291,6 +345,7 @@ def parse_query(text: str, source: str = "<string>") -> Query:
             v = parent[v]
         return v
 
+    order = {n.name: k for k, n in enumerate(networks)}
     assertions: list[tuple[list[list[Any]], int | None]] = []
     for assertion in parsed.assertions:
         dnf = [list(conj) for conj in assertion.expr.to_dnf()]
@@ -303,66 +358,78 @@ def parse_query(text: str, source: str = "<string>") -> Query:
                     rest.append(comparison)
                 else:
                     ra, rb = root(pair[0]), root(pair[1])
-                    if ra != rb:
-                        parent[max(ra, rb)] = min(ra, rb)
+                    if ra != rb:  # the earlier network's element is the class's representative
+                        first, second = sorted((ra, rb), key=lambda v: (order[v[0]], v[1]))
+                        parent[second] = first
             kept.append(rest)
         if any(kept):
             assertions.append((kept, _line_of(assertion.expr)))
 
-    # Every input element of every network must be tied to exactly one element of the first network's input.
-    first = networks[0]
-    members: dict[tuple[str, int], list[int]] = {}
-    for i in range(first.n_inputs):
-        members.setdefault(root((first.name, i)), []).append(i)
-    canonical: dict[str, np.ndarray] = {first.name: np.arange(first.n_inputs)}
-    for net in networks[1:]:
+    # The query's input vector: one entry per class of tied elements, in declaration order.
+    slot: dict[tuple[str, int], int] = {}
+    labels: list[str] = []
+    lines: list[int | None] = []
+    input_index: dict[str, np.ndarray] = {}
+    for net in networks:
         index = np.empty(net.n_inputs, dtype=np.int64)
         for i in range(net.n_inputs):
-            found = members.get(root((net.name, i)), [])
-            if len(found) != 1:
-                label = f"{net.input_name}[{','.join(map(str, np.unravel_index(i, net.input_shape)))}]"
-                problem = "is not declared equal to" if not found else "is declared equal to several of"
-                raise VnnlibError(
-                    source,
-                    reader.input_lines.get(net.input_name),
-                    f"input {label} of network {net.name} {problem} the inputs of {first.name}; only queries "
-                    "whose networks read one input are supported",
-                )
-            index[i] = found[0]
-        canonical[net.name] = index
+            r = root((net.name, i))
+            if r not in slot:
+                slot[r] = len(labels)
+                labels.append(_label(net.input_name, net.input_shape, i))
+                lines.append(reader.input_lines.get(net.input_name))
+            index[i] = slot[r]
+        input_index[net.name] = index
 
     def rows(comparison: Any) -> Dnf:
         op = _OPS.get(type(comparison).__name__)
         coefs, const, line = reader.linear(comparison)
         if op is None or op == "!=":
-            raise VnnlibError(source, line, f"comparison {op or type(comparison).__name__} is not supported")
+            raise VnnlibUnsupported(
+                source, line, f"comparison {op or type(comparison).__name__} is not supported"
+            )
         keyed: dict[tuple[str, int], float] = {}
         for (net_name, kind, flat), c in coefs.items():
             key = (
-                ("X", int(canonical[net_name][flat]))
+                ("X", int(input_index[net_name][flat]))
                 if kind == "Input"
                 else ("Y", reader.out_offset[net_name] + flat)
             )
             keyed[key] = keyed.get(key, 0.0) + c
-        return [rows_of_comparison(op, keyed, const, line)]
+        return [rows_of_comparison(op, keyed, const, line, keep_strict=True)]
 
     dnfs: list[tuple[Dnf, int | None]] = []
     for kept, line in assertions:
         dnf = or_dnf([and_dnf([rows(c) for c in conj], source, line) for conj in kept], source, line)
         dnfs.append((dnf, line))
-    labels = (
-        [
-            f"{first.input_name}[{','.join(map(str, np.unravel_index(i, first.input_shape)))}]"
-            for i in range(first.n_inputs)
-        ]
-        if first.input_shape
-        else [first.input_name]
-    )
-    decl = reader.input_lines.get(first.input_name)
-    boxes, unsafe = assemble(
-        dnfs, first.n_inputs, sum(n.n_outputs for n in networks), source, labels, [decl] * first.n_inputs
-    )
-    return Query(networks, boxes, unsafe)
+    n_outputs = sum(n.n_outputs for n in networks)
+    boxes, unsafe = assemble(dnfs, len(labels), n_outputs, source, labels, lines, mixed=True)
+    reads_inputs = unsafe[0].a.shape[1] != n_outputs
+    shared = all(np.array_equal(input_index[n.name], np.arange(len(labels))) for n in networks)
+    return Query(networks, boxes, unsafe, None if shared else input_index, reads_inputs)
+
+
+def parse_vnnlib1_query(
+    text: str,
+    source: str,
+    name: str,
+    input_shape: tuple[int, ...] | None = None,
+    output_shape: tuple[int, ...] | None = None,
+) -> Query:
+    """A VNN-LIB 1.0 file (``X_i``, ``Y_j`` over one network's flattened input and output) as a one-network
+    :class:`Query` on network ``name``; the shapes, when given, must hold as many values as are declared."""
+    dnfs, n_in, n_out, input_line = read_v1_assertions(text, source)
+    for what, shape, n in (("input", input_shape, n_in), ("output", output_shape, n_out)):
+        if shape is not None and int(np.prod(shape, dtype=np.int64)) != n:
+            raise VnnlibError(
+                source,
+                None,
+                f"the file declares {n} {what} variables; the network's {what} has {list(shape)}",
+            )
+    labels = [f"X_{i}" for i in range(n_in)]
+    boxes, unsafe = assemble(dnfs, n_in, n_out, source, labels, input_line, mixed=True)
+    net = Network(name, "X", input_shape or (n_in,), "Y", output_shape or (n_out,), "real")
+    return Query([net], boxes, unsafe, None, unsafe[0].a.shape[1] != n_out)
 
 
 def read_query(path: str | Path) -> Query:
@@ -406,18 +473,24 @@ def format_query(query: Query, comment: str | None = None) -> str:
     for net in query.networks:
         out += [
             f"(declare-network {net.name}",
+            *([f"    (equal-to {net.equal_to})"] if net.equal_to else []),
             f"    (declare-input {net.input_name} {net.dtype} [{','.join(map(str, net.input_shape))}])",
             f"    (declare-output {net.output_name} {net.dtype} [{','.join(map(str, net.output_shape))}])",
             ")",
         ]
-    first = query.networks[0]
-    x = [_element(first.input_name, first.input_shape, i) for i in range(first.n_inputs)]
-    for net in query.networks[1:]:
-        out += ["", f"; {net.name} reads the same input as {first.name}", "(assert (and"]
-        out += [
-            f"    (== {_element(net.input_name, net.input_shape, i)} {x[i]})" for i in range(net.n_inputs)
-        ]
-        out.append("))")
+    # Each entry of the query's input is named by the first element that reads it; the others are tied to it.
+    x: list[str] = [""] * query.n_inputs
+    for net in query.networks:
+        index = query.network_input(net.name, np.arange(query.n_inputs))
+        ties = []
+        for i, k in enumerate(index.tolist()):
+            element = _element(net.input_name, net.input_shape, i)
+            if x[k]:
+                ties.append(f"    (== {element} {x[k]})")
+            else:
+                x[k] = element
+        if ties:
+            out += ["", f"; inputs of {net.name} read by an earlier network too", "(assert (and", *ties, "))"]
 
     out += ["", "; input region"]
     if len(query.input_boxes) == 1:
@@ -432,19 +505,23 @@ def format_query(query: Query, comment: str | None = None) -> str:
     y: list[str] = []
     for net in query.networks:
         y += [_element(net.output_name, net.output_shape, j) for j in range(net.n_outputs)]
+    if query.reads_inputs:
+        y += x
 
-    def row(a: np.ndarray, b: float) -> str:
+    def row(a: np.ndarray, b: float, strict: bool) -> str:
         nz = np.flatnonzero(a)
         if nz.size == 0:
             raise ValueError("an output constraint without variables")
         # ">=" when it has fewer negative coefficients, or as many and a positive bound: (>= (- Yt Ys) 0.2).
         negative, positive = int(np.sum(a[nz] < 0)), int(np.sum(a[nz] > 0))
         if negative > positive or (negative == positive and b < 0):
-            return f"(>= {_expression([(float(-a[j]), y[j]) for j in nz])} {_number(-b)})"
-        return f"(<= {_expression([(float(a[j]), y[j]) for j in nz])} {_number(b)})"
+            op = ">" if strict else ">="
+            return f"({op} {_expression([(float(-a[j]), y[j]) for j in nz])} {_number(-b)})"
+        op = "<" if strict else "<="
+        return f"({op} {_expression([(float(a[j]), y[j]) for j in nz])} {_number(b)})"
 
     def conjunct(c: Conjunct) -> list[str]:
-        return [row(c.a[k], float(c.b[k])) for k in range(len(c.b))]
+        return [row(c.a[k], float(c.b[k]), bool(c.flags[k])) for k in range(len(c.b))]
 
     out += ["", "; unsafe set"]
     if len(query.unsafe) == 1:
