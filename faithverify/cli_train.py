@@ -104,6 +104,11 @@ def _training_options(func: Any) -> Any:
 def _train(recipe: Recipe, output: Path, teacher: Path | None, opts: dict[str, Any]) -> None:
     from faithverify.train.run import card_paths, train_recipe
 
+    if teacher is not None:  # the teacher before the data: a wrong path is named before any data is sought
+        from faithverify.onnx_io import load_model
+
+        load_model(teacher)
+
     data = opts["data"]
     card = train_recipe(
         recipe,

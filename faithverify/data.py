@@ -65,7 +65,9 @@ class Dataset:
         lo, hi = self.domain
         if not lo < hi:
             raise DataError(f"dataset {self.name!r}: empty domain [{lo}, {hi}]")
-        if self.x.size and (not np.isfinite(self.x).all() or self.x.min() < lo or self.x.max() > hi):
+        if self.x.size and not np.isfinite(self.x).all():
+            raise DataError(f"dataset {self.name!r}: x holds NaN or infinite values")
+        if self.x.size and (self.x.min() < lo or self.x.max() > hi):
             raise DataError(
                 f"dataset {self.name!r}: x has values in [{self.x.min()}, {self.x.max()}], "
                 f"outside the domain [{lo}, {hi}]"
@@ -371,6 +373,8 @@ def select_points(
     dataset = load_dataset(source, split=split, data_root=data_root)
     if start < 0:
         raise DataError(f"start index {start} is negative")
+    if len(dataset.x) == 0:
+        raise DataError(f"{source} holds no points")
     if start >= len(dataset.x):
         raise DataError(f"start index {start} is past the end of the data ({len(dataset.x)} points)")
     stop = len(dataset.x) if count is None else min(len(dataset.x), start + count)
