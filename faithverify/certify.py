@@ -148,14 +148,18 @@ def certify_batch(
     eps: float,
     config: CertifyConfig,
     device: torch.device,
+    on_stage: Callable[[str], None] | None = None,
 ) -> tuple[list[PointResult], list[PendingRefinement]]:
-    """Attack and screening for one batch at one eps: finished records, and the points left for the MILP."""
+    """Attack and screening for one batch at one eps: finished records, and the points left for the MILP.
+    ``on_stage`` hears the name of each stage as it starts (the progress bar shows it)."""
+    stage = on_stage or (lambda _name: None)
     n = len(indices)
     seconds: dict[str, float] = {}
     clock = time.perf_counter()
     clean = pair.outputs_onnxruntime(x0)
     lower, upper = input_box(x0, eps, config.domain)
     teacher, student = bounder.teacher, bounder.student
+    stage("attack")
     with torch_threads(1):
         attack = faithfulness_attack(
             teacher, student, x0, lower, upper, config.pgd, eps, device=device, keys=indices
@@ -175,6 +179,7 @@ def certify_batch(
     if BoundMethod.COUPLED in config.methods and all(m is BoundMethod.IBP for m in per_network):
         per_network.append(BoundMethod.CROWN)  # the coupled bound starts from linear bounds of each network
     for method in per_network:
+        stage(method.value)
         clock = time.perf_counter()
         (t_bounds, t_layers), (s_bounds, s_layers) = bounder.logit_bounds_with_layers(lower, upper, method)
         if method in config.methods:
@@ -188,6 +193,7 @@ def certify_batch(
         )
         seconds[method.value] = time.perf_counter() - clock
     if BoundMethod.COUPLED in config.methods and tightest is not None and layers is not None:
+        stage(BoundMethod.COUPLED.value)
         clock = time.perf_counter()
         anchors = [
             torch.from_numpy(np.asarray(x0, np.float64)),
@@ -199,6 +205,7 @@ def certify_batch(
 
     robust = None
     if config.robustness and labels is not None:
+        stage("robustness")
         clock = time.perf_counter()
         with torch_threads(1):
             robust = robustness_attacks(
@@ -228,6 +235,7 @@ def certify_batch(
         )
     ]  # fmt: skip
     if heading:
+        stage(f"attack on {len(heading)} to refine")
         clock = time.perf_counter()
         sel = np.array(heading)
         with torch_threads(1):
@@ -420,6 +428,7 @@ def certify(
                     finished, pending = certify_batch(
                         pair, bounder, indices[chunk], x[chunk], None if labels is None else labels[chunk],
                         float(eps), config, device,
+                        on_stage=lambda name, eps=eps: bar.set_postfix(eps=eps, stage=name),
                     )  # fmt: skip
                     emit(finished)
                     if pending and executor is None:
@@ -431,7 +440,7 @@ def certify(
                         submitted += 1
                     collect(wait=False)
             if waiting:
-                bar.set_postfix(stage=config.refine_key)
+                bar.set_postfix(stage=f"{config.refine_key} on {len(waiting)} points")
             collect(wait=True)
     finally:
         # On an interrupt or error: outstanding tasks are cancelled (the records already written stay).
