@@ -18,6 +18,7 @@ Ray is imported only when ``--ray`` is given: without it nothing here touches Ra
 from __future__ import annotations
 
 import contextlib
+import copy
 import logging
 import multiprocessing
 import os
@@ -246,7 +247,9 @@ def _run_on_ray(fn: TaskFn, shared_box: list[Any], item: Any) -> Any:
     if key not in _RAY_SHARED:
         _one_thread()  # Ray also sets OMP_NUM_THREADS=1 for a num_cpus=1 worker; this does not depend on it
         _RAY_SHARED.clear()
-        _RAY_SHARED[key] = ray.get(ref)
+        # ray.get maps numpy arrays straight from the object store, read-only: torch warns on them, and a write
+        # would fault. A copy per worker (as a pool worker has) costs one fetch's memory, once.
+        _RAY_SHARED[key] = copy.deepcopy(ray.get(ref))
     return fn(_RAY_SHARED[key], item)
 
 

@@ -135,7 +135,7 @@ def test_ray_is_not_imported_without_the_option(models: dict[str, Path], tmp_pat
     # A run that refines points (the local path) in a fresh interpreter: Ray is never imported.
     code = (
         "import sys; from click.testing import CliRunner; from faithverify.cli import main; "
-        f"r = CliRunner().invoke(main, {[str(a) for a in certify_args(models, tmp_path / 'r.jsonl')]!r}); "
+        f"r = CliRunner().invoke(main, {[*map(str, certify_args(models, tmp_path / 'r.jsonl')), '--n', '4']!r}); "
         "assert r.exit_code == 0, r.output; assert 'ray' not in sys.modules, 'ray was imported'"
     )
     subprocess.run([sys.executable, "-c", code], check=True, cwd=REPO, timeout=120)
