@@ -34,6 +34,7 @@ _VERDICT_COLOURS: dict[tuple[str, str | None], str] = {
     ("certified", "ibp"): "#c7e9c0",
     ("certified", "crown"): "#74c476",
     ("certified", "alpha-crown"): "#41ab5d",
+    ("certified", "coupled"): "#2c9f8f",
     ("certified", "bab"): "#238b45",
     ("certified", "milp"): "#006d2c",
     ("certified", "bab+milp"): "#00441b",
@@ -52,6 +53,7 @@ class Series:
     label: str
     path: Path
     points: list[PointResult]
+    delta: float | None = None  # the run's --delta, from the file's header
 
     @property
     def eps_values(self) -> list[float]:
@@ -95,12 +97,16 @@ def load_series(paths: Sequence[str | Path]) -> list[Series]:
         path = Path(raw)
         if path.is_dir():
             raise ResultsFileError(f"{path} is a directory, not a results file")
-        _, points = read_results(path)  # a bad line is a ResultsFileError naming it
+        settings, points = read_results(path)  # a bad line is a ResultsFileError naming it
         if not points:
             raise ResultsFileError(f"{path} holds no point records: is it a results file of `certify --out`?")
-        loaded.append((path, points))
-    labels = _unique_labels([p for p, _ in loaded])
-    return [Series(label, path, points) for label, (path, points) in zip(labels, loaded, strict=True)]
+        delta = settings.get("delta")
+        loaded.append((path, points, float(delta) if isinstance(delta, int | float) else None))
+    labels = _unique_labels([p for p, _, _ in loaded])
+    return [
+        Series(label, path, points, delta)
+        for label, (path, points, delta) in zip(labels, loaded, strict=True)
+    ]
 
 
 def _unique_labels(paths: Sequence[Path]) -> list[str]:
@@ -273,6 +279,13 @@ def plot_verdicts(series: Sequence[Series], path: Path) -> None:
     # Known categories first in their fixed order, then anything a newer version might record.
     keys = list(_VERDICT_COLOURS)
     keys += sorted({k for c in counts.values() for k in c if k not in _VERDICT_COLOURS}, key=str)
+    deltas = {s.delta for s in with_verdicts}
+    shared_delta = next(iter(deltas)) if len(deltas) == 1 else None
+    # One delta for all: in each title; several: under each bar's name.
+    names = [
+        s.label if shared_delta is not None or s.delta is None else f"{s.label}\ndelta {s.delta:g}"
+        for s in with_verdicts
+    ]
     for ax, eps in zip(panels[0], eps_list, strict=True):
         x = np.arange(len(with_verdicts))
         bottom = np.zeros(len(with_verdicts))
@@ -284,12 +297,13 @@ def plot_verdicts(series: Sequence[Series], path: Path) -> None:
             label = verdict if stage is None else f"{verdict} ({stage})"
             ax.bar(x, heights, bottom=bottom, color=_VERDICT_COLOURS.get(key, "0.4"), label=label, width=0.6)
             bottom += heights
-        ax.set_xticks(x, [s.label for s in with_verdicts], rotation=20 if len(with_verdicts) > 2 else 0)
+        ax.set_xticks(x, names, rotation=20 if len(with_verdicts) > 2 else 0)
         ax.yaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_ylabel("number of points")
-        ax.set_title(f"eps {eps:g}")
-        ax.legend(fontsize="small")
-    fig.savefig(path)
+        ax.set_title(f"eps {eps:g}" + ("" if shared_delta is None else f", delta {shared_delta:g}"))
+        # Below the panel, never over the bars.
+        ax.legend(fontsize="small", loc="upper center", bbox_to_anchor=(0.5, -0.18), ncol=2, frameon=False)
+    fig.savefig(path, bbox_inches="tight")
 
 
 # --- the report ------------------------------------------------------------------------------------------------
