@@ -52,6 +52,9 @@ from faithverify.bounds.torchnet import BoundNetwork
 from faithverify.network import PiecewiseLinearNetwork
 
 _NEGLIGIBLE = 1e-9  # a bound this close to a value the network takes needs no solve
+# Of a point's time budget, what is kept for the coupled bound on the final bounds (at most a second): the
+# solves stop earlier by that much, so that the point's answer, its last stage included, is in time.
+_FINAL_SHARE, _FINAL_MAX = 0.1, 1.0
 
 
 @dataclass
@@ -85,6 +88,7 @@ class _Side:
     solved: set[tuple[int, int]] = field(default_factory=set)  # (i, j): upper of z_j - z_i is final
     cut: set[tuple[int, int]] = field(default_factory=set)  # (i, j): stopped early below a cut-off once
     inexact: set[tuple[int, int]] = field(default_factory=set)  # (i, j): final, a dual bound at a time limit
+    deadline: float | None = None  # time.monotonic(): building the exact solver stops by then
     _exact: ExactSolver | None = None
     _net: BoundNetwork | None = None
     _crown_layers: LayerBounds | None = None
@@ -103,7 +107,12 @@ class _Side:
         # one side.
         if self._exact is None:
             self._exact = ExactSolver(
-                self.form, *self.box, refiners=self.refiners, milp_solver=self.solver, device=self.device
+                self.form,
+                *self.box,
+                refiners=self.refiners,
+                milp_solver=self.solver,
+                device=self.device,
+                deadline=self.deadline,
             )
         return self._exact
 
@@ -279,6 +288,10 @@ def refine_point(
     (``[K, D]``, e.g. the attack's witness) seed each solve's first incumbent, with ``x0`` and the incumbents
     of the solves before: an early incumbent above a cut-off ends a solve at once."""
     start = time.perf_counter()
+    # The budget covers every stage: the solves (and building their solvers) stop by ``solve_deadline``, the
+    # coupled bound on the final bounds by ``deadline``.
+    deadline = time.monotonic() + time_budget
+    solve_deadline = deadline - min(_FINAL_SHARE * time_budget, _FINAL_MAX)
     if delta is not None:
         # Certified means FaithUB < delta (faithverify.verdict): the rules below compare with <=, so they get the
         # largest float below delta.
@@ -307,6 +320,7 @@ def refine_point(
             crown.lower[0].copy(),
             crown.upper[0].copy(),
             np.full((c, c), -math.inf),
+            deadline=solve_deadline,
         )
         side.observe(seen)
         sides.append(side)
@@ -320,20 +334,25 @@ def refine_point(
         worst = float(terms.max())
         if delta is not None and worst <= delta:
             break
-        if delta is not None and _coupled(teacher, student, [*anchors, *witnesses[-1:]]) <= delta:
+        if (
+            delta is not None
+            and _coupled(teacher, student, [*anchors, *witnesses[-1:]], solve_deadline) <= delta
+        ):
             break  # the coupled bound certifies what eq. 6 does not yet
         floor = _floor(teacher, student)
         if worst <= floor + _NEGLIGIBLE:  # no sound bound can lower FaithUB any further
             break
-        if time.perf_counter() - start >= time_budget:
-            return _result(teacher, student, solves, True, start, witnesses, anchors)
+        if time.monotonic() >= solve_deadline:
+            return _result(teacher, student, solves, True, start, witnesses, anchors, deadline)
         if delta is not None and floor > delta:
             # Eq. 6 cannot reach delta with any per-network bounds. The coupled bound still may, if these bounds
             # were at the values the networks reach: keep solving then, else give up at once.
             if coupled_hope is None:
-                coupled_hope = _coupled(teacher, student, anchors, optimistic=True) <= delta
+                coupled_hope = _coupled(teacher, student, anchors, solve_deadline, optimistic=True) <= delta
             if not coupled_hope:
-                return _result(teacher, student, solves, False, start, witnesses, anchors, out_of_reach=delta)
+                return _result(
+                    teacher, student, solves, False, start, witnesses, anchors, deadline, out_of_reach=delta
+                )
         # Only the largest term can lower FaithUB: its solves, the largest possible gain first. One solve alone
         # often cannot move a saturated term (any other loose bound keeps it at 1), so ties go to the loosest
         # bound; the term's solves run out only when all of its bounds are final.
@@ -351,9 +370,9 @@ def refine_point(
             break
         _, side, i, j = best
         side.exact  # noqa: B018  (built first: its root bounds are part of the budget, not extra to it)
-        remaining = time_budget - (time.perf_counter() - start)
+        remaining = solve_deadline - time.monotonic()
         if remaining <= 0:
-            return _result(teacher, student, solves, True, start, witnesses, anchors)
+            return _result(teacher, student, solves, True, start, witnesses, anchors, deadline)
         limit = remaining if solve_limit is None else min(solve_limit, remaining)
         cutoff = None
         if delta is not None and (i, j) not in side.cut:
@@ -383,10 +402,16 @@ def refine_point(
             witnesses.append(result.witness)
             for s in sides:
                 s.observe(result.witness[None])
-    return _result(teacher, student, solves, False, start, witnesses, anchors)
+    return _result(teacher, student, solves, False, start, witnesses, anchors, deadline)
 
 
-def _coupled(teacher: _Side, student: _Side, anchors: list[np.ndarray], optimistic: bool = False) -> float:
+def _coupled(
+    teacher: _Side,
+    student: _Side,
+    anchors: list[np.ndarray],
+    deadline: float | None = None,
+    optimistic: bool = False,
+) -> float:
     """The coupled FaithUB (bounds/coupled.py) on the two sides' current bounds; ``optimistic``: on the values
     seen instead of every bound that is not final (not sound: what the coupled bound could reach at best)."""
     device = teacher.net.device
@@ -398,7 +423,9 @@ def _coupled(teacher: _Side, student: _Side, anchors: list[np.ndarray], optimist
         else (teacher.bounds(), student.bounds())
     )
     layers = (teacher.layers(), student.layers())
-    result = coupled_bound((teacher.net, student.net), layers, diffs, Box.of(lo, hi), points)
+    result = coupled_bound(
+        (teacher.net, student.net), layers, diffs, Box.of(lo, hi), points, deadline=deadline
+    )
     return float(result.value[0])
 
 
@@ -418,13 +445,15 @@ def _result(
     start: float,
     witnesses: list[np.ndarray],
     anchors: list[np.ndarray],
+    deadline: float | None = None,
     out_of_reach: float | None = None,
 ) -> RefineResult:
-    """The refinement's answer; ``out_of_reach``: the delta that eq. 6 was found unable to reach (reported as
-    out of reach unless the coupled bound reaches it after all)."""
+    """The refinement's answer (its coupled bound optimised until ``deadline`` at most); ``out_of_reach``: the
+    delta that eq. 6 was found unable to reach (reported as out of reach unless the coupled bound reaches it
+    after all)."""
     terms = _terms(teacher, student)
     value = float(terms.max())
-    coupled = _coupled(teacher, student, [*anchors, *witnesses[-1:]])
+    coupled = _coupled(teacher, student, [*anchors, *witnesses[-1:]], deadline)
     # Exact: exact solves of every pair would give the same FaithUB. So it is at the floor, or when every bound
     # of the largest term is final and none of them is a dual bound left by a time limit.
     direction, cls = (int(k) for k in np.unravel_index(int(terms.argmax()), terms.shape))

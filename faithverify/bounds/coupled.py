@@ -31,6 +31,7 @@ result gets the margin of :func:`coupled_margin`.
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 
 import numpy as np
@@ -175,8 +176,17 @@ class _Direction:
         lower = (a @ box.center.unsqueeze(-1)).squeeze(-1) - (a.abs() @ box.radius.unsqueeze(-1)).squeeze(-1)
         return -(lower + k_top + k_low) + up_const - low_const
 
-    def optimised(self, box: Box, at_top: Tensor, at_low: Tensor, iterations: int, lr: float) -> Tensor:
-        """The best bound met from tangents at the anchor's values, over ``iterations`` Adam steps."""
+    def optimised(
+        self,
+        box: Box,
+        at_top: Tensor,
+        at_low: Tensor,
+        iterations: int,
+        lr: float,
+        deadline: float | None = None,
+    ) -> Tensor:
+        """The best bound met from tangents at the anchor's values, over ``iterations`` Adam steps (none started
+        after ``deadline``)."""
         (lo_a, hi_a), (lo_b, hi_b) = self.top, self.low
         t0 = (torch.minimum(torch.maximum(at_top, lo_a), hi_a) - lo_a) / (hi_a - lo_a).clamp(min=1e-12)
         s_lo, s_hi = lo_b.exp().sum(-1), hi_b.exp().sum(-1)
@@ -197,6 +207,8 @@ class _Direction:
             best = self.bound(box, theta_t, theta_s, alphas)
         with torch.enable_grad():
             for _ in range(iterations):
+                if deadline is not None and time.monotonic() >= deadline:
+                    break
                 value = self.bound(box, theta_t, theta_s, alphas)
                 best = torch.minimum(best, value.detach())
                 optimizer.zero_grad(set_to_none=True)
@@ -218,6 +230,7 @@ def coupled_terms(
     anchor: Tensor,
     iterations: int = 0,
     lr: float = 0.2,
+    deadline: float | None = None,
 ) -> Tensor:
     """Coupled upper bounds ``[N, 2, C]`` on ``sigma_t,i - sigma_s,i`` (row 0) and ``sigma_s,i - sigma_t,i``
     (row 1), tangents first taken at ``anchor`` ``[N, D]``. With ``iterations``, the tangent points and every
@@ -232,7 +245,7 @@ def coupled_terms(
         direction = _Direction(
             (nets[top], nets[low]), (layers[top], layers[low]), intervals[top], intervals[low], others
         )
-        out.append(direction.optimised(box, at[top], at[low], iterations, lr))
+        out.append(direction.optimised(box, at[top], at[low], iterations, lr, deadline))
     return torch.stack(out, dim=1)
 
 
@@ -251,10 +264,12 @@ def coupled_bound(
     box: Box,
     anchors: list[Tensor],
     iterations: int = 20,
+    deadline: float | None = None,
 ) -> CoupledBound:
     """FaithUB with each eq. 6 term replaced by the coupled bound where that is smaller (module docstring);
     ``anchors``: candidate tangent points ``[N, D]`` each (the best of them counts, per term); ``iterations``:
-    optimisation steps of the tangents and ReLU slopes from the first anchor (0: none)."""
+    optimisation steps of the tangents and ReLU slopes from the first anchor (0: none), none started after
+    ``deadline`` (``time.monotonic()``; every step's bound is sound, so stopping only leaves it looser)."""
     eq6: FaithfulnessBound = faithfulness_bound(
         softmax_bounds(diffs[0].widened()), softmax_bounds(diffs[1].widened())
     )
@@ -264,7 +279,11 @@ def coupled_bound(
         best = None
         for k, anchor in enumerate(anchors):
             steps = iterations if k == 0 else 0
-            terms = coupled_terms(nets, layers, diffs, box, anchor.to(box.center.dtype), steps).cpu().numpy()
+            terms = (
+                coupled_terms(nets, layers, diffs, box, anchor.to(box.center.dtype), steps, deadline=deadline)
+                .cpu()
+                .numpy()
+            )
             best = terms if best is None else np.minimum(best, terms)
     assert best is not None
     d_max = np.maximum(np.abs(diffs[0].lower), np.abs(diffs[0].upper)).max(axis=(1, 2))

@@ -35,6 +35,7 @@ points to stay in cache.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
@@ -359,10 +360,12 @@ def alpha_crown(
     lr_decay: float = 0.9,
     optimize_intermediate: bool = True,
     optimize_dtype: torch.dtype | None = None,
+    deadline: float | None = None,
 ) -> AlphaResult:
     """alpha-CROWN lower bounds of ``spec · logits`` (module docstring); with ``optimize_intermediate=False``
     only the final rows' slopes are optimised and the intermediate bounds stay CROWN's (several times cheaper
-    per iteration)."""
+    per iteration). ``deadline`` (``time.monotonic()``): no iteration starts after it (every iteration's bounds
+    are sound, so stopping early only leaves them looser, never looser than CROWN)."""
     dtype = box.center.dtype
     optimize_dtype = optimize_dtype or dtype
     base_layers, rows = intermediate_bounds(net, box)
@@ -388,6 +391,8 @@ def alpha_crown(
     best_final = base.clone()
     with torch.enable_grad():
         for _ in range(iterations):
+            if deadline is not None and time.monotonic() >= deadline:
+                break
             layers, _ = intermediate_bounds(
                 fast_net, fast_box, rows=rows, alpha=alpha, best=best, fixed=fixed
             )

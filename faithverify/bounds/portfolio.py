@@ -43,8 +43,11 @@ def _settled(result: SolveResult) -> bool:
     return result.status in _SETTLED or result.exact
 
 
-def root_bounds(network: BoundNetwork, lower: np.ndarray, upper: np.ndarray) -> LayerBounds:
-    """alpha-CROWN's intermediate bounds over one box, optimised for every logit difference."""
+def root_bounds(
+    network: BoundNetwork, lower: np.ndarray, upper: np.ndarray, deadline: float | None = None
+) -> LayerBounds:
+    """alpha-CROWN's intermediate bounds over one box, optimised for every logit difference (until ``deadline``,
+    ``time.monotonic()``: on a large network its iterations take seconds)."""
     from faithverify.bounds.bounder import pair_specification
 
     lo = torch.from_numpy(np.asarray(lower, dtype=np.float64).reshape(1, -1)).to(
@@ -54,7 +57,8 @@ def root_bounds(network: BoundNetwork, lower: np.ndarray, upper: np.ndarray) -> 
         network.device, network.dtype
     )
     spec = pair_specification(network.output_dim).to(network.device, network.dtype)
-    return crown.alpha_crown(network, Box.of(lo, hi), spec, iterations=_ROOT_ALPHA_ITERATIONS).layers
+    box = Box.of(lo, hi)
+    return crown.alpha_crown(network, box, spec, iterations=_ROOT_ALPHA_ITERATIONS, deadline=deadline).layers
 
 
 class ExactSolver(ExactMethod):
@@ -70,7 +74,9 @@ class ExactSolver(ExactMethod):
         milp_solver: Solver = Solver.AUTO,
         bab: BabSettings | None = None,
         device: torch.device | str = "cpu",
+        deadline: float | None = None,
     ) -> None:
+        """``deadline`` (``time.monotonic()``): building the solver (its root alpha-CROWN bounds) stops by then."""
         if not refiners:
             raise ValueError("name at least one refiner")
         self.form = form
@@ -81,7 +87,7 @@ class ExactSolver(ExactMethod):
         self.refiners = tuple(dict.fromkeys(Refiner(r) for r in refiners))
         self.milp_solver = milp_solver
         self.network = BoundNetwork.of(form, device)
-        self.root = root_bounds(self.network, *self.box)
+        self.root = root_bounds(self.network, *self.box, deadline=deadline)
         self._bab = (
             NetworkBaB(self.network, *self.box, root=self.root, settings=bab)
             if Refiner.BAB in self.refiners

@@ -254,8 +254,9 @@ def _box_bounds(query: Problem, lower: np.ndarray, upper: np.ndarray) -> _BoxBou
     return _BoxBounds(bounders, diffs, layers, np.concatenate(out_lo), np.concatenate(out_hi))
 
 
-def _pair_screen(bounds: _BoxBounds, box: tuple[np.ndarray, np.ndarray]) -> float:
-    """A pair query's FaithUB by certify's default screening (CROWN, then the coupled bound over both)."""
+def _pair_screen(bounds: _BoxBounds, box: tuple[np.ndarray, np.ndarray], deadline: float) -> float:
+    """A pair query's FaithUB by certify's default screening (CROWN, then the coupled bound over both, its
+    optimisation stopped by ``deadline``)."""
     nets = (bounds.bounders[0].network, bounds.bounders[1].network)
     lo, hi = (torch.from_numpy(b)[None].to(nets[0].device, nets[0].dtype) for b in box)
     centre = (lo + hi) / 2
@@ -265,6 +266,7 @@ def _pair_screen(bounds: _BoxBounds, box: tuple[np.ndarray, np.ndarray]) -> floa
         (bounds.diffs[0], bounds.diffs[1]),
         Box.of(lo, hi),
         [centre],
+        deadline=deadline,
     )
     return float(result.value[0])
 
@@ -344,7 +346,7 @@ def verify(
         if time.monotonic() > deadline:
             return answer(Outcome.TIMEOUT, "attack", "out of time in the attack")
         bounds = _box_bounds(query, *box)
-        if pair_delta is not None and _pair_screen(bounds, box) < pair_delta:
+        if pair_delta is not None and _pair_screen(bounds, box, deadline) < pair_delta:
             continue  # the pair's faithfulness property holds on this box: FaithUB < delta
         remaining = []
         for index, (a, b) in enumerate(query.unsafe):
@@ -427,7 +429,7 @@ def _refine_rows(
                 return Outcome.TIMEOUT, None
             if net_index not in milps:
                 net = query.networks[net_index]
-                milps[net_index] = ExactSolver(net.model.network, *box, milp_solver=solver)
+                milps[net_index] = ExactSolver(net.model.network, *box, milp_solver=solver, deadline=deadline)
             # The time left after building the solver (its root alpha-CROWN bounds), not before.
             left = deadline - time.monotonic()
             if left <= 0:
