@@ -91,11 +91,14 @@ class Recipe:
         return self.method == TEACHER
 
     @property
+    def pgd_step_size(self) -> float:
+        return self.pgd_step if self.pgd_step is not None else self.adv_eps / 4
+
+    @property
     def attack(self) -> PGDConfig:
         from faithverify.train.attacks import PGDConfig
 
-        step = self.pgd_step if self.pgd_step is not None else self.adv_eps / 4
-        return PGDConfig(eps=self.adv_eps, step=step, steps=self.pgd_steps)
+        return PGDConfig(eps=self.adv_eps, step=self.pgd_step_size, steps=self.pgd_steps)
 
     @property
     def uses_attack(self) -> bool:
@@ -162,8 +165,8 @@ class Recipe:
 
     def describe_method(self) -> str:
         """One line for a model card."""
-        a = self.attack
-        pgd = f"PGD eps {a.eps:g}, step {a.step:g}, {a.steps} steps, random start"
+        # From the fields, not self.attack: listing recipes must not load torch.
+        pgd = f"PGD eps {self.adv_eps:g}, step {self.pgd_step_size:g}, {self.pgd_steps} steps, random start"
         if self.method == TEACHER:
             return f"{METHOD_TITLES[TEACHER]}: CE(z(x'), y), x' = argmax CE ({pgd})"
         if self.method == "sd":
