@@ -15,6 +15,7 @@ import enum
 import time
 from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass, field, fields, is_dataclass, replace
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -372,6 +373,10 @@ def _inside(x: np.ndarray, item: PendingRefinement) -> bool:
     return bool(np.all(flat >= item.lower) and np.all(flat <= item.upper))
 
 
+def _show_stage(bar: Any, eps: float, name: str) -> None:
+    bar.set_postfix(eps=eps, stage=name)
+
+
 def certify(
     pair: Pair,
     x: np.ndarray,
@@ -428,7 +433,7 @@ def certify(
                     finished, pending = certify_batch(
                         pair, bounder, indices[chunk], x[chunk], None if labels is None else labels[chunk],
                         float(eps), config, device,
-                        on_stage=lambda name, eps=eps: bar.set_postfix(eps=eps, stage=name),
+                        on_stage=partial(_show_stage, bar, eps),
                     )  # fmt: skip
                     emit(finished)
                     if pending and executor is None:
