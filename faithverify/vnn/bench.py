@@ -243,10 +243,14 @@ def default_results_dir(summary: Path) -> Path:
 
 def _stem(path: Path) -> str:
     """A file's name without ``.gz`` and its last extension only (``pair_00001_eps_0.05.vnnlib`` keeps its
-    eps), cut to a length every file system takes."""
+    eps), cut to a length every file system takes: its start and end kept, where generated names put their
+    point and eps."""
     name = path.name.removesuffix(".gz")
     stem = Path(name).stem if Path(name).suffix else name
-    return stem[:_NAME_PART]
+    if len(stem) <= _NAME_PART:
+        return stem
+    half = _NAME_PART // 2
+    return f"{stem[:half]}~{stem[-(half - 1) :]}"
 
 
 def result_name(inst: Instance) -> str:

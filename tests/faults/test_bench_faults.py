@@ -170,6 +170,17 @@ def _results(*expected: tuple[str, str]) -> Callable[[Path], None]:
     return after
 
 
+def _names_keep_eps(*expected: tuple[str, str]) -> Callable[[Path], None]:
+    """As :func:`_results`, and every result file's name keeps the eps of its VNN-LIB file's name."""
+
+    def after(tmp: Path) -> None:
+        _results(*expected)(tmp)
+        for row in _rows(tmp):
+            assert "eps_0.05" in Path(row["result_file"]).name, row
+
+    return after
+
+
 @dataclass(frozen=True)
 class Case:
     fault: Fault
@@ -309,9 +320,18 @@ ONE_BAD_INSTANCE = [  # exit 0: the bad instance is its row, and the next one is
         make=_relative,
     ),
     ran(
+        "inst-result-names-keep-the-eps",
+        ["bench", "{csv}", *BENCH_OUT],
+        _names_keep_eps(("unsat", "")),
+        make=_both(
+            _copy("unsat", "pair_00001_eps_0.05.vnnlib"),
+            _instances(["{net},{tmp}/pair_00001_eps_0.05.vnnlib,20"]),
+        ),
+    ),
+    ran(
         "inst-gz-network-and-long-names",
         ["bench", "{csv}", *BENCH_OUT],
-        _results(("unsat", "")),
+        _names_keep_eps(("unsat", "")),
         make=_both(
             _copy("unsat", f"{'p' * 200}_eps_0.05.vnnlib"),
             _instances([f"{{net_gz}},{{tmp}}/{'p' * 200}_eps_0.05.vnnlib,20"]),
