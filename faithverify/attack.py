@@ -8,6 +8,7 @@ in the real-valued box B = {x : |x - x0|_inf <= eps} ∩ domain.
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -98,9 +99,11 @@ def maximize_in_box(
     hi: torch.Tensor,
     steps: int,
     step_size: float | None = None,
+    deadline: float | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """APGD-style signed-gradient ascent of ``objective`` (per-sample ``[B]``) from ``starts`` ``[B, ...]`` within
-    the box ``[lo, hi]``; returns the best iterate of each sample and its value.
+    the box ``[lo, hi]``; returns the best iterate of each sample and its value. No step starts after
+    ``deadline`` (``time.monotonic()``), for callers with a time limit.
 
     The step starts at ``2 * (hi - lo) / 2`` per input (APGD's ``2 eps``) with momentum 0.75, and halves at
     APGD's checkpoints for every sample whose best value did not improve since the last one (it then restarts
@@ -119,6 +122,8 @@ def maximize_in_box(
         best = objective(x)
     at_checkpoint = best.clone()
     for it in range(steps):
+        if deadline is not None and time.monotonic() >= deadline:
+            break
         x.requires_grad_(True)
         value = objective(x)
         (grad,) = torch.autograd.grad(value.sum(), x)

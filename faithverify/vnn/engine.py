@@ -197,7 +197,7 @@ def _attack(
         y = problem_outputs(query, x)
         return -(torch.einsum("nrm,nm->nr", a[conj], y) - b[conj]).amax(dim=-1)
 
-    best, value = maximize_in_box(objective, starts, lo_b, hi_b, steps)
+    best, value = maximize_in_box(objective, starts, lo_b, hi_b, steps, deadline=deadline)
     # Most violated first; onnxruntime has the last word (the float32 torch model can differ near 0).
     for n in torch.argsort(value, descending=True).tolist()[:1000]:
         if time.monotonic() > deadline:
