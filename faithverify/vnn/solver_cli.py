@@ -193,10 +193,14 @@ def _identity(n_inputs: int) -> LoadedModel:
 
 def _read(query_file: Path, networks: tuple[str, ...]) -> tuple[Query, dict[str, Path]]:
     """The query and the network files, or an error exit; :class:`_Unknown` for a query outside the fragment."""
-    if not query_file.is_file():
+    if not query_file.exists():
         _fail(f"{query_file}: no such file")
+    if not query_file.is_file():
+        _fail(f"{query_file}: not a file")
     try:
         text = read_text(query_file)
+        if not text.strip():
+            _fail(f"{query_file}: the file is empty, not a VNN-LIB query")
         version = _version(text)
         if version == "1.0":
             # The shapes come from the network, so the one --network file is read first.

@@ -194,7 +194,11 @@ def _package_error(source: str, exc: Exception) -> VnnlibError:
         if match is None:
             return VnnlibError(source, None, text)
         token = match.group(3)
-        hint = " (VNN-LIB 2.0 numbers are plain decimals, without an exponent)" if token[:1] in "eE" else ""
+        hint = (
+            " (VNN-LIB 2.0 numbers are plain decimals, without an exponent)"
+            if token[:1] in ("e", "E")
+            else ""
+        )
         near = f" near {token!r}" if token else " (unexpected end: unbalanced parentheses?)"
         return VnnlibError(
             source, int(match.group(1)), f"syntax error at column {match.group(2)}{near}{hint}"
@@ -233,6 +237,16 @@ _DTYPES = {
     "Real": "real",
     "Unknown": "real",
 }
+
+
+def _type_name(name: str) -> str:
+    """The parser's element type name (``F32``, ``I64``, ``BF16``, ``Real``) as VNN-LIB writes it."""
+    match = re.fullmatch(r"(BF|F|I|U|C)(\d+)", name)
+    if match is None:
+        return name.lower()
+    kind = {"BF": "bfloat", "F": "float", "I": "int", "U": "uint", "C": "complex"}[match.group(1)]
+    return f"{kind}{match.group(2)}"
+
 
 _OPS = {
     "LessEqual": "<=",
@@ -328,7 +342,8 @@ def parse_query(text: str, source: str = "<string>") -> Query:
             raise VnnlibUnsupported(
                 source,
                 where,
-                f"network {net.name}: element types {x.dtype.name} -> {y.dtype.name}; only real and "
+                f"network {net.name}: element types {_type_name(x.dtype.name)} -> "
+                f"{_type_name(y.dtype.name)}; only real and "
                 "floating-point inputs and outputs are supported",
             )
         networks.append(
