@@ -74,6 +74,10 @@ def vnn(tmp_path_factory: pytest.TempPathFactory) -> Workspace:
         "sm_unsat": _property(d / "sm_unsat.vnnlib", [1.0], 0.5),  # softmax of one class is 1, never <= 0.5
         "sig_prop": _property(d / "sig_prop.vnnlib", [1.0] + [0.0] * (INPUTS - 1), 0.0),
     }
+    nan_net = random_mlp(0, [INPUTS, 16, 16, CLASSES])
+    with torch.no_grad():
+        nan_net[0].weight[0, 0] = float("nan")  # a file onnx takes; the weights make every output NaN
+    p["nan_net"] = export_onnx(nan_net, example, nets / "nan_net.onnx")
     p["net_gz"] = nets / "net.onnx.gz"
     p["net_gz"].write_bytes(gzip.compress(p["net"].read_bytes()))
     rng = np.random.default_rng(0)
@@ -288,6 +292,12 @@ ONE_BAD_INSTANCE = [  # exit 0: the bad instance is its row, and the next one is
         ["bench", "{csv}", *BENCH_OUT],
         _results(("error", "bad.vnnlib"), ("unsat", "")),
         make=_instances(["{net},{tmp}/bad.vnnlib,20", "{net},{unsat},20"]),
+    ),
+    ran(
+        "inst-nan-weights",
+        ["bench", "{csv}", *BENCH_OUT],
+        _results(("error", "nan"), ("unsat", "")),
+        make=_instances(["{nan_net},{unsat},20", "{net},{unsat},20"]),
     ),
     ran(
         "inst-property-reads-other-outputs",
