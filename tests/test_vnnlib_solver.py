@@ -8,6 +8,7 @@ from __future__ import annotations
 import importlib.util
 import subprocess
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -24,8 +25,8 @@ FLOAT = onnx.TensorProto.FLOAT
 
 
 def _model(
-    nodes: list[onnx.NodeProto], x: list[int], y: list[int], inits: list[np.ndarray] = ()
-) -> onnx.ModelProto:  # type: ignore[assignment]
+    nodes: list[onnx.NodeProto], x: list[int], y: list[int], inits: Sequence[np.ndarray] = ()
+) -> onnx.ModelProto:
     graph = helper.make_graph(
         nodes,
         "g",
