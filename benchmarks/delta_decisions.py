@@ -62,8 +62,8 @@ def main() -> None:
                     by[p.decided_by] = by.get(p.decided_by, 0) + 1
             refined = [p for p in points if p.milp]
             decided = sum(p.verdict != "unknown" for p in refined)
-            reach = sum(bool(p.milp and p.milp["out_of_reach"]) for p in refined)
-            timed = sum(bool(p.milp and p.milp["timed_out"]) for p in refined)
+            reach = sum(bool(p.milp and p.milp.out_of_reach) for p in refined)
+            timed = sum(bool(p.milp and p.milp.timed_out) for p in refined)
             key = config.refine_key
             median = statistics.median(p.seconds.get(key, 0.0) for p in refined) if refined else 0.0
             lines.append(

@@ -157,7 +157,9 @@ def main() -> None:
         rows.append(("best of all", best_ub, float("nan"), []))
         for name, ub, total, pts in rows:
             won = sum(
-                1 for p in pts if p.faith_ub_method == "coupled" or (p.milp or {}).get("won") == "coupled"
+                1
+                for p in pts
+                if p.faith_ub_method == "coupled" or (p.milp is not None and p.milp.won == "coupled")
             )
             paper = f"{PAPER_FD[eps]:.3f}" if shipped_fd and eps in PAPER_FD else "-"
             per_point = "-" if np.isnan(total) else f"{total / len(x):.2f}"

@@ -92,9 +92,9 @@ def main() -> None:
             )
             all_pairs_time[(eps, name)] = total
             milp_s = np.array([p.seconds.get("milp", 0.0) for p in points])
-            timed = [p for p in points if p.milp and p.milp["timed_out"]]
-            exact = sum(1 for p in points if p.milp and p.milp["exact"] and not p.milp["timed_out"])
-            used = {p.milp["solver"] for p in points if p.milp} - {"none"}
+            timed = [p for p in points if p.milp and p.milp.timed_out]
+            exact = sum(1 for p in points if p.milp and p.milp.exact and not p.milp.timed_out)
+            used = {p.milp.solver for p in points if p.milp} - {"none"}
             gap = np.mean([p.faith_ub - p.emp_lb for p in timed]) if timed else 0.0
 
             def mean(key: str, ps: list[PointResult] = points) -> float:
@@ -170,14 +170,14 @@ def refinement_times(pair: Pair, sample: Dataset, args: argparse.Namespace, name
             if p.decided_by == "milp":
                 decided.append(seconds)
                 verdict = p.verdict
-            elif p.milp["out_of_reach"]:
+            elif p.milp.out_of_reach:
                 out_of_reach.append(seconds)
                 verdict = "unknown (out of reach)"
             else:
                 budget.append(seconds)
                 verdict = "unknown (budget spent)"
             rows.append(
-                f"| {delta:g} | {p.index} | {verdict} | {seconds:.2f} | {p.milp['solves']} "
+                f"| {delta:g} | {p.index} | {verdict} | {seconds:.2f} | {p.milp.solves} "
                 f"| {p.faith_ub:.4f} | {p.emp_lb:.4f} |"
             )
     every = decided + out_of_reach + budget

@@ -29,11 +29,11 @@ from faithverify.bounds.portfolio import Refiner
 from faithverify.bounds.softmax import LogitDiffBounds, faithfulness_from_logit_bounds
 from faithverify.errors import SoundnessViolation
 from faithverify.executors import Executor, ExecutorSpec, open_executor
-from faithverify.methods import RefineMode
+from faithverify.methods import RefineMode, Stage, refinement_stage
 from faithverify.network import PiecewiseLinearNetwork
 from faithverify.pair import Pair
 from faithverify.refine import RefineResult, refine_point
-from faithverify.results import PointResult
+from faithverify.results import PointResult, Refinement
 from faithverify.threads import torch_threads
 from faithverify.verdict import Verdict, decide
 
@@ -83,9 +83,9 @@ class CertifyConfig:
         return settings
 
     @property
-    def refine_key(self) -> str:
+    def refine_key(self) -> Stage:
         """The name of the refinement stage's bound in a record (``bab``, ``milp`` or ``bab+milp``)."""
-        return "+".join(r.value for r in self.refiners)
+        return refinement_stage(self.refiners)
 
     def refines(self, verdict: Verdict | None) -> bool:
         """Whether a point with this screening verdict goes to the refinement stage."""
@@ -289,7 +289,7 @@ def certify_batch(
             )  # fmt: skip
             continue
         if verdict is not None:
-            record.verdict = verdict.value
+            record.verdict = verdict
             record.decided_by = _decider(verdict, method)
             if verdict is Verdict.VIOLATED:
                 record.witness = witnesses[k].reshape(-1).tolist()
@@ -297,8 +297,11 @@ def certify_batch(
     return finished, pending
 
 
-def _decider(verdict: Verdict, bound_method: str) -> str | None:
-    return {Verdict.VIOLATED: "attack", Verdict.CERTIFIED: bound_method}.get(verdict)
+def _decider(verdict: Verdict, bound_method: str) -> Stage | None:
+    """The stage a verdict owes itself to: the attack's witness, or the bound that certified."""
+    if verdict is Verdict.VIOLATED:
+        return Stage.ATTACK
+    return Stage(bound_method) if verdict is Verdict.CERTIFIED else None
 
 
 # --- the refinement stage -------------------------------------------------------------------------------------
@@ -349,16 +352,22 @@ def finish_refinement(
             record.emp_lb, record.emp_lb_class = float(gaps[k].max()), int(gaps[k].argmax())
             witness = candidates[k].astype(np.float32)
     _check_sound(record.index, record.eps, record.emp_lb, record.faith_ub, record.faith_ub_method)
-    record.milp = {
-        "faith_ub": result.faith_ub, "solves": result.solves, "exact": result.exact,
-        "timed_out": result.timed_out, "out_of_reach": result.out_of_reach, "solver": result.solver,
-        "refiners": key, "eq6": result.eq6, "coupled": result.coupled,
-        "won": "coupled" if result.coupled is not None and result.coupled < result.eq6 else "eq6",
-    }  # fmt: skip
+    record.milp = Refinement(
+        faith_ub=result.faith_ub,
+        solves=result.solves,
+        exact=result.exact,
+        timed_out=result.timed_out,
+        out_of_reach=result.out_of_reach,
+        solver=result.solver,
+        refiners=key,
+        eq6=result.eq6,
+        coupled=result.coupled,
+        won="coupled" if result.coupled is not None and result.coupled < result.eq6 else "eq6",
+    )
     record.seconds[key] = result.seconds
     if config.delta is not None:
         verdict = decide(record.emp_lb, record.faith_ub, config.delta)
-        record.verdict = verdict.value
+        record.verdict = verdict
         decided_by = _decider(verdict, record.faith_ub_method)
         if verdict is Verdict.VIOLATED and witness is not item.witness:
             decided_by = key  # an incumbent of the refinement was the witness

@@ -356,20 +356,20 @@ def _input_warnings(pair: Pair, eps_list: tuple[float, ...], domain: tuple[float
 def _milp_summary(points: list[PointResult], timeout: float, *, all_pairs: bool) -> str:
     """One line on the refinement stage: how many points it refined, with which methods, how long, and how
     each refinement ended."""
-    refined = [p for p in points if p.milp is not None]
-    if not refined:
+    refinements = [(p, p.milp) for p in points if p.milp is not None]
+    if not refinements:
         return ""
-    keys = {str(p.milp.get("refiners", "milp")) for p in refined if p.milp}
-    solvers = sorted({str(p.milp["solver"]) for p in refined if p.milp} - {"none"}) or ["no solve needed"]
-    median = statistics.median(sum(p.seconds.get(k, 0.0) for k in keys) for p in refined)
-    head = f"Refinement: {len(refined)} points refined with {', '.join(solvers)}, median {median:.1f} s"
-    spent = sum(1 for p in refined if p.milp and p.milp["timed_out"])
+    keys = {r.refiners for _, r in refinements}
+    solvers = sorted({r.solver for _, r in refinements} - {"none"}) or ["no solve needed"]
+    median = statistics.median(sum(p.seconds.get(k, 0.0) for k in keys) for p, _ in refinements)
+    head = f"Refinement: {len(refinements)} points refined with {', '.join(solvers)}, median {median:.1f} s"
+    spent = sum(1 for _, r in refinements if r.timed_out)
     out_of_time = f"{spent} ran out of the --timeout of {timeout:g} s (their bounds are sound, not tight)"
     if all_pairs:
-        exact = sum(1 for p in refined if p.milp and p.milp["exact"] and not p.milp["timed_out"])
-        return f"{head}; {exact} exact, {len(refined) - exact - spent} not exact, {out_of_time}"
-    decided = sum(1 for p in refined if p.decided_by in keys)
-    given_up = sum(1 for p in refined if p.milp and p.milp["out_of_reach"])
+        exact = sum(1 for _, r in refinements if r.exact and not r.timed_out)
+        return f"{head}; {exact} exact, {len(refinements) - exact - spent} not exact, {out_of_time}"
+    decided = sum(1 for p, _ in refinements if p.decided_by in keys)
+    given_up = sum(1 for _, r in refinements if r.out_of_reach)
     return (
         f"{head}; {decided} decided, {given_up} given up as unknown (no sound bound could reach delta), "
         f"{out_of_time}"

@@ -35,3 +35,21 @@ class Engine(StrEnum):
 
     NATIVE = "native"
     AUTO_LIRPA = "auto_lirpa"
+
+
+class Stage(StrEnum):
+    """The stage that decided a point's verdict (``PointResult.decided_by``)."""
+
+    ATTACK = "attack"  # a witness reached delta
+    IBP = "ibp"
+    CROWN = "crown"
+    ALPHA_CROWN = "alpha-crown"
+    COUPLED = "coupled"
+    BAB = "bab"
+    MILP = "milp"
+    BAB_MILP = "bab+milp"  # the refinement stage with both exact methods (a portfolio)
+
+
+def refinement_stage(refiners: tuple[Refiner, ...] | list[Refiner]) -> Stage:
+    """The stage name of a refinement with these exact methods, in one canonical order."""
+    return Stage("+".join(r.value for r in Refiner if r in refiners))

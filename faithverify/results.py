@@ -14,6 +14,8 @@ from typing import IO, Any
 import numpy as np
 
 from faithverify.errors import ResultsFileError
+from faithverify.methods import Stage
+from faithverify.verdict import Verdict
 
 # 2: the header holds every setting that decides a record's values (CertifyConfig.record_settings).
 FORMAT_VERSION = 2
@@ -21,6 +23,29 @@ FORMAT_VERSION = 2
 
 # FaithUB - EmpLB at most this and a point's worst gap delta* is known (the issue's "exact" tolerance).
 EXACT_GAP = 1e-3
+
+
+@dataclass(frozen=True)
+class Refinement:
+    """What the refinement stage (branch and bound, the MILP, the coupled bound) did for one point."""
+
+    faith_ub: float  # its sound bound (eq. 6 over the exact per-network bounds, or the coupled bound)
+    solves: int  # exact solves run (one per logit-difference term that needed one)
+    exact: bool  # every term's bound is the term's optimum, not a relaxation's
+    timed_out: bool  # the time budget ran out first (the bound stays sound, not tight)
+    out_of_reach: bool  # given up: no sound bound could bring FaithUB below delta
+    solver: str  # which MILP solver ran ("none" when branch and bound settled everything)
+    refiners: str  # the exact methods used: bab, milp or bab+milp
+    eq6: float  # eq. 6 over the refined per-network bounds
+    coupled: float | None  # the coupled bound on the same bounds (None where it was not computed)
+    won: str  # the smaller of the two: "eq6" or "coupled"
+
+    @staticmethod
+    def from_dict(d: dict[str, Any]) -> Refinement:
+        names = {f.name for f in fields(Refinement)}
+        if not isinstance(d, dict) or not names <= set(d):
+            raise ValueError(f"field 'milp' is {d!r}, not a refinement record")
+        return Refinement(**{k: d[k] for k in names})
 
 
 @dataclass
@@ -42,9 +67,9 @@ class PointResult:
     student_robust: bool | None = None
     agreement: bool | None = None  # Def. 3: empirical distillation agreement
     seconds: dict[str, float] = field(default_factory=dict)  # per stage, amortised over the batch
-    verdict: str | None = None  # with --delta: certified | violated | unknown
-    decided_by: str | None = None  # the stage that decided it: attack, ibp, crown, alpha-crown or milp
-    milp: dict[str, Any] | None = None  # the MILP stage: faith_ub, solves, exact, timed_out, solver
+    verdict: Verdict | None = None  # with --delta: certified | violated | unknown
+    decided_by: Stage | None = None  # the stage that decided it (None for unknown)
+    milp: Refinement | None = None  # the refinement stage, for the points it saw
     witness: list[float] | None = None  # for a violated point: the input (flat) whose gap exceeds delta
 
     @property
@@ -59,7 +84,15 @@ class PointResult:
     def from_dict(d: dict[str, Any]) -> PointResult:
         """A record read back from a results file; a missing or mistyped field raises ``ValueError``."""
         names = {f.name for f in fields(PointResult)}
-        point = PointResult(**{k: v for k, v in d.items() if k in names})  # type: ignore[arg-type]
+        values = {k: v for k, v in d.items() if k in names}
+        # The typed fields: a value that no version wrote is a malformed record (ValueError).
+        if values.get("verdict") is not None:
+            values["verdict"] = Verdict(values["verdict"])
+        if values.get("decided_by") is not None:
+            values["decided_by"] = Stage(values["decided_by"])
+        if values.get("milp") is not None:
+            values["milp"] = Refinement.from_dict(values["milp"])
+        point = PointResult(**values)
         point._check_types()
         return point
 

@@ -18,6 +18,7 @@ from faithverify.certify import CertifyConfig, certify
 from faithverify.cli import main
 from faithverify.data import fit_to_input_shape
 from faithverify.gate import GateConfig, load_config, parse_config, plan_runs
+from faithverify.methods import RefineMode
 from faithverify.pair import load_pair
 from tests.conftest import REPO, SHIPPED
 
@@ -239,11 +240,12 @@ def test_runs_are_shared_per_eps_and_bound_setting() -> None:
     )
     config: GateConfig = parse_config(text)
     plans = plan_runs(config)
-    assert [(p.spec.eps, p.spec.bounds, p.spec.milp, p.spec.delta) for p in plans] == [
-        (0.05, ("crown",), "none", None),
-        (0.05, ("ibp", "crown"), "none", None),
-        (0.05, ("crown",), "refine", 0.1),
-        (0.1, ("crown",), "none", None),
+    none, undecided = RefineMode.NONE, RefineMode.UNDECIDED
+    assert [(p.spec.eps, p.spec.bounds, p.spec.refine, p.spec.delta) for p in plans] == [
+        (0.05, ("crown",), none, None),
+        (0.05, ("ibp", "crown"), none, None),
+        (0.05, ("crown",), undecided, 0.1),
+        (0.1, ("crown",), none, None),
     ]
     assert len(plans[0].checks) == 4 and plans[0].robustness  # agreement joined the screening run
     assert plans[2].checks == ["ref"] and not plans[2].robustness

@@ -44,7 +44,7 @@ def test_all_pairs_milp_is_ordered_and_sound(pair: Pair) -> None:
         assert r.emp_lb <= milp + 1e-9
         assert milp <= r.bounds["crown"] + 1e-9 <= r.bounds["ibp"] + 2e-9
         assert r.faith_ub == min(r.bounds.values())
-        assert r.milp is not None and r.milp["solver"] in ("highs", "none")
+        assert r.milp is not None and r.milp.solver in ("highs", "none")
     for eps in (0.05, 0.15):
         rows = sorted((r for r in results if r.eps == eps), key=lambda r: r.index)
         sampled = sampled_max_gap(pair, x0, eps, samples=3000)

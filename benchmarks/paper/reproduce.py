@@ -232,9 +232,9 @@ def _exact_summary(points: list[PointResult], eps: float) -> tuple[float, float,
     at = [p for p in points if p.eps == eps and p.milp is not None]
     if not at:
         return float("nan"), float("nan"), 0, 0
-    eq6 = float(np.mean([min(float(p.milp["eq6"]), p.bounds.get("crown", 1.0)) for p in at]))  # type: ignore[index]
+    eq6 = float(np.mean([min(float(p.milp.eq6), p.bounds.get("crown", 1.0)) for p in at]))
     best = float(np.mean([p.faith_ub for p in at]))
-    timed = sum(1 for p in at if p.milp and p.milp["timed_out"])
+    timed = sum(1 for p in at if p.milp and p.milp.timed_out)
     return eq6, best, timed, len(at)
 
 

@@ -15,6 +15,7 @@ import numpy as np
 from faithverify.gate.config import BUDGET_CHECK, CheckConfig, format_value
 from faithverify.gate.plan import RunSpec
 from faithverify.gate.results import FAIL, NOT_EVALUATED, PASS, CheckResult
+from faithverify.methods import RefineMode
 
 if TYPE_CHECKING:
     from faithverify.pair import Pair
@@ -59,7 +60,7 @@ def measure(
         return (float(np.mean(values)), f"max {max(values):.4f} over {len(values)} points"), ""
     if kind in ("min_certified_share", "max_violated_share"):
         assert check.delta is not None
-        if spec.milp == "refine":
+        if spec.refine is RefineMode.UNDECIDED:
             verdicts = [str(p.verdict) for p in records]
         else:
             verdicts = [decide(p.emp_lb, p.faith_ub, check.delta).value for p in records]

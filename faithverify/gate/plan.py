@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from faithverify.gate.config import CheckConfig, GateConfig
+from faithverify.methods import RefineMode
 
 # Kinds measured by the attacks alone: they can join any run at their eps.
 _ATTACK_ONLY = frozenset({"min_agreement", "min_robust_accuracy", "max_mean_emp_lb"})
@@ -17,16 +18,16 @@ class RunSpec:
 
     eps: float
     bounds: tuple[str, ...] = ("crown",)
-    milp: str = "none"  # none | refine | all
+    refine: RefineMode = RefineMode.NONE  # which points the exact methods refine
     delta: float | None = None
     solver: str = "auto"
     milp_timeout_s: float = 60.0
 
     def describe(self) -> str:
         text = f"eps {self.eps:g}, {'+'.join(self.bounds)}"
-        if self.milp == "refine":
+        if self.refine is RefineMode.UNDECIDED:
             text += f", delta {self.delta:g} with MILP refinement ({self.solver}, {self.milp_timeout_s:g} s/point)"
-        elif self.milp == "all":
+        elif self.refine is RefineMode.ALL:
             text += f", MILP on every point ({self.solver}, {self.milp_timeout_s:g} s/point)"
         return text
 
@@ -41,9 +42,11 @@ class RunPlan:
 def _spec_of(check: CheckConfig) -> RunSpec:
     assert check.eps is not None
     if check.milp:
-        return RunSpec(check.eps, check.bounds, "all", None, check.solver, check.milp_timeout_s)
+        return RunSpec(check.eps, check.bounds, RefineMode.ALL, None, check.solver, check.milp_timeout_s)
     if check.refine:
-        return RunSpec(check.eps, check.bounds, "refine", check.delta, check.solver, check.milp_timeout_s)
+        return RunSpec(
+            check.eps, check.bounds, RefineMode.UNDECIDED, check.delta, check.solver, check.milp_timeout_s
+        )
     # Screening alone: verdicts for any delta follow from EmpLB and FaithUB, so delta is not part of the run.
     return RunSpec(check.eps, check.bounds)
 
@@ -65,10 +68,10 @@ def plan_runs(config: GateConfig) -> list[RunPlan]:
             continue
         assert check.eps is not None
         at_eps = [p for p in plans.values() if p.spec.eps == check.eps]
-        host = next((p for p in at_eps if p.spec.milp == "none"), at_eps[0] if at_eps else None)
+        host = next((p for p in at_eps if p.spec.refine is RefineMode.NONE), at_eps[0] if at_eps else None)
         if host is None:
             host = plans.setdefault(RunSpec(check.eps), RunPlan(RunSpec(check.eps), []))
         host.checks.append(check.name)
         host.robustness = host.robustness or check.kind in _NEEDS_ROBUSTNESS
     # Run in eps order: a time budget then spends itself on the cheaper, smaller radii first.
-    return sorted(plans.values(), key=lambda p: (p.spec.eps, p.spec.milp != "none"))
+    return sorted(plans.values(), key=lambda p: (p.spec.eps, p.spec.refine is not RefineMode.NONE))

@@ -108,10 +108,8 @@ def run_gate(
             device=config.device,
             domain=config.data.domain,
             delta=spec.delta,
-            refine_mode={"none": RefineMode.NONE, "refine": RefineMode.UNDECIDED, "all": RefineMode.ALL}[
-                spec.milp
-            ],
-            refiners=(Refiner.MILP,) if spec.milp == "all" else (Refiner.BAB, Refiner.MILP),
+            refine_mode=spec.refine,
+            refiners=(Refiner.MILP,) if spec.refine is RefineMode.ALL else (Refiner.BAB, Refiner.MILP),
             solver=Solver(spec.solver),
             milp_timeout=spec.milp_timeout_s,
             jobs=config.jobs,
