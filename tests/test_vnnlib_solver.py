@@ -205,3 +205,16 @@ def test_vnnlib_satisfactory_conformance(tmp_path: Path) -> None:
     # The script exits 1 on any wrong answer, crash or answer without a verdict line.
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert out.read_text().startswith("# VNN-LIB 2.0 conformance")
+
+
+def test_a_1d_convolution(tmp_path: Path) -> None:
+    # Conv over [1, 1, 5] with kernel 3, padding 1, stride 2: outputs at positions 0, 2, 4 -> [1, 1, 3].
+    conv = helper.make_node("Conv", ["x", "c0"], ["y"], kernel_shape=[3], pads=[1, 1], strides=[2])
+    path = _save(tmp_path, "conv1d", _model([conv], [1, 1, 5], [1, 1, 3], [np.array([[[1.0, 2.0, 3.0]]])]))
+    model = load_model(path, any_shape=True)  # checked against onnxruntime on load
+    assert model.input_shape == (1, 5) and model.num_classes == 3
+    box = " ".join(f"(>= X[0,0,{i}] 0.0) (<= X[0,0,{i}] 1.0)" for i in range(5))
+    head = V2 + net_decl("N", "X", "1,1,5", "Y", "1,1,3") + f"(assert (and {box}))\n"
+    # Y[0,0,1] = x1 + 2 x2 + 3 x3 <= 6.
+    assert _verify(tmp_path, head + "(assert (>= Y[0,0,1] 6.5))\n", f"N={path}") == ["unsat"]
+    assert _verify(tmp_path, head + "(assert (>= Y[0,0,1] 5.5))\n", f"N={path}")[0] == "sat"

@@ -392,8 +392,14 @@ class _Translator:
         if pos != 0:
             raise _Unsupported("Conv", label, "the weight must be constant")
         w = self.const(node.input[1], "Conv", label).astype(np.float64)
+        if w.ndim == 3 and len(self.shape) == 2 and self.batched:
+            self._conv1d(node, label, attrs, w)
+            return
         if w.ndim != 4 or len(self.shape) != 3 or not self.batched:
-            raise _Unsupported("Conv", label, "only 2-D convolutions on [N, C, H, W] are supported")
+            raise _Unsupported("Conv", label, "only 1-D and 2-D convolutions on [N, C, (H,) W] are supported")
+        self._conv_from(node, label, attrs, w)
+
+    def _conv_from(self, node: onnx.NodeProto, label: str, attrs: dict[str, Any], w: np.ndarray) -> None:
         kernel = (w.shape[2], w.shape[3])
         strides = tuple(attrs.get("strides", (1, 1)))
         dilations = tuple(attrs.get("dilations", (1, 1)))
@@ -407,6 +413,21 @@ class _Translator:
         )
         _set_parameters(layer, w, bias)
         self.append(layer, "Conv", label)
+
+    def _conv1d(self, node: onnx.NodeProto, label: str, attrs: dict[str, Any], w: np.ndarray) -> None:
+        """A 1-D convolution on [N, C, W] as the 2-D one over a height of 1 (exact: the same sums)."""
+        one_d = {"kernel_shape": 1, "strides": 1, "dilations": 1}
+        attrs2 = dict(attrs)
+        for key, fill in one_d.items():
+            if key in attrs:
+                attrs2[key] = [fill, *[int(v) for v in attrs[key]]]
+        if "pads" in attrs:
+            begin, end = (int(v) for v in attrs["pads"])
+            attrs2["pads"] = [0, begin, 0, end]
+        channels, width = self.shape
+        self.reshape_to((channels, 1, width), "Conv", label)
+        self._conv_from(node, label, attrs2, w[:, :, None, :])
+        self.reshape_to((self.shape[0], self.shape[2]), "Conv", label)
 
     def pool(self, node: onnx.NodeProto, label: str, pos: int) -> None:
         op, attrs = node.op_type, _attrs(node)
