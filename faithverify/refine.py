@@ -35,7 +35,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -139,11 +139,40 @@ class _Side:
         return self._crown_layers
 
 
-def _terms(teacher: _Side, student: _Side) -> np.ndarray:
-    """``[2, C]``: eq. 6's terms, row 0 ``sigma_t^ub - sigma_s^lb`` and row 1 ``sigma_s^ub - sigma_t^lb``."""
-    t = softmax_bounds(teacher.bounds().widened())
-    s = softmax_bounds(student.bounds().widened())
+# A hypothetical tightening: (i, j, v) sets the bound of z_j - z_i on a side to v (and of z_i - z_j to -v).
+Tightening = tuple[int, int, float]
+
+
+def _tightened(side: _Side, changes: Sequence[Tightening] = ()) -> LogitDiffBounds:
+    """The side's ``[1, C, C]`` bounds with ``changes`` applied to copies (the side itself is not touched)."""
+    lower, upper = side.lower.copy(), side.upper.copy()
+    for i, j, value in changes:
+        upper[i, j] = min(upper[i, j], value)
+        lower[j, i] = max(lower[j, i], -value)
+    return LogitDiffBounds(lower=lower[None], upper=upper[None])
+
+
+def _terms(
+    teacher: _Side,
+    student: _Side,
+    teacher_changes: Sequence[Tightening] = (),
+    student_changes: Sequence[Tightening] = (),
+) -> np.ndarray:
+    """``[2, C]``: eq. 6's terms, row 0 ``sigma_t^ub - sigma_s^lb`` and row 1 ``sigma_s^ub - sigma_t^lb``, on the
+    current bounds or, with changes, on what they would be after those tightenings."""
+    t = softmax_bounds(_tightened(teacher, teacher_changes).widened())
+    s = softmax_bounds(_tightened(student, student_changes).widened())
     return np.clip(np.stack([t.upper[0] - s.lower[0], s.upper[0] - t.lower[0]]), 0.0, 1.0)
+
+
+def _terms_if(teacher: _Side, student: _Side, changes: Sequence[tuple[_Side, Tightening]]) -> np.ndarray:
+    """:func:`_terms` after ``changes``, each naming the side it tightens."""
+    return _terms(
+        teacher,
+        student,
+        [c for side, c in changes if side is teacher],
+        [c for side, c in changes if side is student],
+    )
 
 
 def _candidates(cls: int, direction: int, teacher: _Side, student: _Side) -> list[tuple[_Side, int, int]]:
@@ -172,13 +201,6 @@ def _term_bounds(cls: int, direction: int, teacher: _Side, student: _Side) -> li
     return out
 
 
-def _with_bound(side: _Side, i: int, j: int, value: float) -> tuple[np.ndarray, np.ndarray]:
-    lower, upper = side.lower.copy(), side.upper.copy()
-    upper[i, j] = min(upper[i, j], value)
-    lower[j, i] = max(lower[j, i], -value)
-    return lower, upper
-
-
 def _optimistic_term(
     teacher: _Side,
     student: _Side,
@@ -189,17 +211,13 @@ def _optimistic_term(
     """The term ``(direction, cls)`` if each of its bounds that is not final became the largest value seen
     (and ``fixed = (side, i, j, v)`` set one bound to ``v`` instead). No sound bound can be below a value the
     network takes, so no MILP can bring the term lower than this."""
-    saved = {id(s): (s.lower, s.upper) for s in (teacher, student)}
-    try:
-        for side, i, j in _candidates(cls, direction, teacher, student):
-            value = float(side.reached[i, j])
-            if fixed is not None and fixed[0] is side and (fixed[1], fixed[2]) == (i, j):
-                value = fixed[3]
-            side.lower, side.upper = _with_bound(side, i, j, value)
-        return float(_terms(teacher, student)[direction, cls])
-    finally:
-        for s in (teacher, student):
-            s.lower, s.upper = saved[id(s)]
+    changes = []
+    for side, i, j in _candidates(cls, direction, teacher, student):
+        value = float(side.reached[i, j])
+        if fixed is not None and fixed[0] is side and (fixed[1], fixed[2]) == (i, j):
+            value = fixed[3]
+        changes.append((side, (i, j, value)))
+    return float(_terms_if(teacher, student, changes)[direction, cls])
 
 
 def _cutoff(
@@ -232,12 +250,7 @@ def _term_with(
 
 def _terms_with(teacher: _Side, student: _Side, side: _Side, i: int, j: int, value: float) -> np.ndarray:
     """All terms (:func:`_terms`) with the bound of ``z_j - z_i`` on ``side`` set to ``value``."""
-    saved = side.lower, side.upper
-    side.lower, side.upper = _with_bound(side, i, j, value)
-    try:
-        return _terms(teacher, student)
-    finally:
-        side.lower, side.upper = saved
+    return _terms_if(teacher, student, [(side, (i, j, value))])
 
 
 def _level(term: Callable[[float], float], side: _Side, i: int, j: int, target: float) -> float | None:
@@ -388,7 +401,8 @@ def refine_point(
             i, j, time_limit=limit, cutoff=cutoff, stop_below=enough, start=seeds
         )
         solves += 1
-        side.lower, side.upper = _with_bound(side, i, j, result.bound)
+        tightened = _tightened(side, [(i, j, result.bound)])
+        side.lower, side.upper = tightened.lower[0], tightened.upper[0]
         if result.status == Status.BOUND_BELOW_CUTOFF:
             # At the term's level the term is done with. At the optimistic cut-off only, it is enough for now;
             # a later, tighter need re-solves it without that cut-off.
