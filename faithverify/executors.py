@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from types import ModuleType, TracebackType
 from typing import Any
 
+from faithverify import interrupt
 from faithverify.errors import FaithverifyError
 
 # The task function: fn(shared, item) -> result. A module-level function, so that it pickles by reference.
@@ -144,10 +145,18 @@ def _init_pool_worker(fn: TaskFn, shared: Any) -> None:
     _POOL_TASK = (fn, shared)
 
 
+class WorkerInterrupted(Exception):
+    """A worker's solver saw a Ctrl-C (Gurobi catches SIGINT itself): an ordinary exception, so that the worker
+    survives to be terminated by the driver instead of dying with a traceback."""
+
+
 def _run_in_pool(item: Any) -> Any:
     assert _POOL_TASK is not None
     fn, shared = _POOL_TASK
-    return fn(shared, item)
+    try:
+        return fn(shared, item)
+    except KeyboardInterrupt:
+        raise WorkerInterrupted("interrupted") from None
 
 
 class PoolExecutor(Executor):
@@ -155,10 +164,12 @@ class PoolExecutor(Executor):
 
     def __init__(self, fn: TaskFn, shared: Any, jobs: int) -> None:
         super().__init__(fn, shared)
-        # spawn, not fork: a forked child would inherit torch's OpenMP state mid-flight.
-        self._pool = multiprocessing.get_context("spawn").Pool(
-            jobs, initializer=_init_pool_worker, initargs=(fn, shared)
-        )
+        # spawn, not fork: a forked child would inherit torch's OpenMP state mid-flight. The workers ignore
+        # SIGINT (a terminal sends it to them too): the driver handles Ctrl-C and terminates them.
+        with interrupt.workers_ignore_sigint():
+            self._pool = multiprocessing.get_context("spawn").Pool(
+                jobs, initializer=_init_pool_worker, initargs=(fn, shared)
+            )
         # Filled by the pool's result thread, drained by the driver: (key, result, error).
         self._done: queue.Queue[tuple[Hashable, Any, BaseException | None]] = queue.Queue()
         self._outstanding = 0
@@ -181,6 +192,8 @@ class PoolExecutor(Executor):
                     continue
                 return
             self._outstanding -= 1
+            if isinstance(error, WorkerInterrupted):
+                raise KeyboardInterrupt
             if error is not None:
                 raise error
             yield key, result

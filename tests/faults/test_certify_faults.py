@@ -204,6 +204,7 @@ def combine(*makers: Make) -> Make:
 
 
 # --- the cases ------------------------------------------------------------------------------------------------
+# fmt: off
 
 BAD_MODELS: list[tuple[str, Make | None, str, list[str]]] = [
     # (id, builder, path placeholder, fragments)
@@ -230,7 +231,7 @@ BAD_MODELS: list[tuple[str, Make | None, str, list[str]]] = [
     ("dangling-input-name", onnx_graph(
         [helper.make_node("MatMul", ["nowhere", "w"], ["y"], name="mm")],
         [_io("x", ["N", 12])], [_io("y", ["N", 4])], [_weight("w", 12, 4)]), "{bad}", ["bad.onnx"]),
-]  # fmt: skip
+]
 
 
 def _model_cases() -> list[Fault]:
@@ -238,8 +239,8 @@ def _model_cases() -> list[Fault]:
     for case_id, make, placeholder, fragments in BAD_MODELS:
         for role in ("teacher", "student"):
             pair = [placeholder, "{student}"] if role == "teacher" else ["{teacher}", placeholder]
-            cases.append(Fault(f"certify-{role}-{case_id}", ["certify", *pair, *DATA, "--eps", "0.1", *FAST, "--out", "{tmp}/r.jsonl"], fragments, make=make, not_written=["{tmp}/r.jsonl"]))  # fmt: skip
-        cases.append(Fault(f"pair-{case_id}", ["pair", placeholder, "{student}", "-o", "{tmp}/p.onnx"], fragments, make=make, not_written=["{tmp}/p.onnx"]))  # fmt: skip
+            cases.append(Fault(f"certify-{role}-{case_id}", ["certify", *pair, *DATA, "--eps", "0.1", *FAST, "--out", "{tmp}/r.jsonl"], fragments, make=make, not_written=["{tmp}/r.jsonl"]))
+        cases.append(Fault(f"pair-{case_id}", ["pair", placeholder, "{student}", "-o", "{tmp}/p.onnx"], fragments, make=make, not_written=["{tmp}/p.onnx"]))
     return cases
 
 
@@ -293,7 +294,7 @@ DATA_CASES = [
     Fault("labels-count-differs", ["certify", *PAIR, "--data", "{bad}", "--eps", "0.1", *FAST], ["sample count"], make=npz(x=X, y=Y[:3])),
     Fault("labels-fractional", ["certify", *PAIR, "--data", "{bad}", "--eps", "0.1", *FAST], ["bad.npz"], make=npz(x=X, y=Y + 0.5)),
     Fault("data-directory-empty", ["certify", *PAIR, "--data", "{bad}", "--eps", "0.1", *FAST], ["idx"], make=folder("images")),
-]  # fmt: skip
+]
 
 OUTPUTS = [
     Fault("out-is-directory", [*CERTIFY, "--eps", "0.1", "--out", "{tmp}"], ["directory"]),
@@ -308,7 +309,7 @@ OUTPUTS = [
     Fault("summary-csv-under-a-file", ["summary", "{results}", "--csv", "{file}/s.csv"], ["--csv"], make=blocker),
     Fault("report-out-under-a-file", ["report", "{results}", "-o", "{file}/report"], ["file"], make=blocker),
     Fault("heatmap-out-under-a-file", ["heatmap", *PAIR, *DATA, "--index", "0", "--eps", "0.05", "-o", "{file}/h.png", "--attack-steps", "2", "--resolution", "5"], ["file"], make=blocker),
-]  # fmt: skip
+]
 
 RESULTS_FILES = [
     Fault("summary-missing", ["summary", "{tmp}/none.jsonl"], ["none.jsonl"]),
@@ -345,7 +346,7 @@ RESULTS_FILES = [
     Fault("resume-other-student", ["certify", "{teacher}", "{teacher}", *DATA, *FAST, "--eps", "0.02", "--out", "{copy}", "--resume"], ["student_sha256"], make=copy_of_results, unchanged=["{copy}"]),
     Fault("resume-other-data", ["certify", *PAIR, "--data", "{bad}", *FAST, "--eps", "0.02", "--out", "{copy}", "--resume"], ["data"], make=combine(copy_of_results, npz(x=X, y=Y)), unchanged=["{copy}"]),
     Fault("resume-older-format", [*CERTIFY, "--eps", "0.02", "--out", "{copy}", "--resume"], ["format 1"], make=header_format(1), unchanged=["{copy}"]),
-]  # fmt: skip
+]
 
 HEATMAP = ["heatmap", *PAIR, *DATA, "--attack-steps", "2", "--resolution", "5", "-o", "{tmp}/h.png"]
 OTHER_COMMANDS = [
@@ -374,7 +375,9 @@ OTHER_COMMANDS = [
     Fault("distill-method-unknown", ["distill", "--method", "magic", "--teacher", "{teacher}", "-o", "{tmp}/s.onnx"], ["method"], not_written=["{tmp}/s.onnx"]),
     Fault("distill-alpha-above-one", ["distill", "--method", "fd", "--teacher", "{teacher}", "--alpha", "2", "-o", "{tmp}/s.onnx"], ["alpha"], not_written=["{tmp}/s.onnx"]),
     Fault("distill-temperature-nan", ["distill", "--method", "fd", "--teacher", "{teacher}", "--temperature", "nan", "-o", "{tmp}/s.onnx"], ["temperature"], not_written=["{tmp}/s.onnx"]),
-]  # fmt: skip
+]
+
+# fmt: on
 
 CASES = _model_cases() + OPTIONS + DATA_CASES + OUTPUTS + RESULTS_FILES + OTHER_COMMANDS
 # A valid model that faithverify cannot bound yet is a limitation (exit 4), not bad input; none of the cases

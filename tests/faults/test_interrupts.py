@@ -2,8 +2,9 @@
 several moments of ``certify`` (screening, refinement with ``--jobs 2``), then resumed: no record lost,
 duplicated or torn, and every value equal to an uninterrupted run's.
 
-"Equal" is exact for everything screening decides (the attacks draw per-point random streams, so a record
-does not depend on which points share its batch). A refined point's bound depends on how far its search got in
+"Equal" is exact for what the attacks find (they draw per-point random streams, so a record does not depend on
+which points share its batch) and to 1e-12 for the bounds (float64 sums over another batch shape may round
+differently in the last bit). A refined point's bound depends on how far its search got in
 its time budget, which no two runs share; for those, the verdicts must agree unless a search ran out of time
 (then they may differ, certified against unknown, but never conflict).
 """
@@ -86,8 +87,9 @@ def _same(record: dict[str, object], base: dict[str, object]) -> None:
     else:
         assert record["verdict"] == base["verdict"]
     if not refined:
-        assert record["bounds"] == base["bounds"]
-        assert record["faith_ub"] == base["faith_ub"]
+        # float64 matrix products over another batch shape may round differently in the last bit.
+        assert record["bounds"] == pytest.approx(base["bounds"], rel=1e-12, abs=1e-15)
+        assert record["faith_ub"] == pytest.approx(base["faith_ub"], rel=1e-12, abs=1e-15)
 
 
 # (signal, lines in the results file when it is sent: 1 = only the header, during the first batch's
