@@ -57,7 +57,8 @@ class CertifyConfig:
     pgd_refine: PGDConfig = field(default_factory=lambda: PGDConfig(steps=200, restarts=8, classes=5))
     robustness: bool = True  # robust accuracy and distillation agreement (needs labels)
     robustness_steps: int = 50
-    # Points are attacked with their own random streams and bounded independently: the batch changes nothing.
+    # Points are attacked with their own random streams and bounded independently: the batch changes nothing
+    # but the last bit of a float64 bound.
     batch_size: int = field(default=250, metadata=NOT_IN_RECORDS)
     device: str = "auto"
     alpha_iterations: int = 20
