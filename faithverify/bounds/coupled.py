@@ -193,6 +193,8 @@ class _Direction:
         s_at = at_low.clamp(max=_EXP_CLIP).exp().sum(-1)
         s0 = (torch.minimum(torch.maximum(s_at, s_lo), s_hi) - s_lo) / (s_hi - s_lo).clamp(min=1e-300)
         theta_t, theta_s = _logit(t0), _logit(s0)
+        if deadline is not None and time.monotonic() >= deadline:
+            iterations = 0  # out of time: the bound at the anchor's tangents alone (one evaluation)
         if iterations <= 0:
             with torch.no_grad():
                 return self.bound(box, theta_t, theta_s, [None, None])
@@ -205,9 +207,11 @@ class _Direction:
         optimizer = torch.optim.Adam(params, lr=lr)
         with torch.no_grad():
             best = self.bound(box, theta_t, theta_s, alphas)
+        step = 0.0  # the last step's seconds: one that would end after the deadline is not started
         with torch.enable_grad():
             for _ in range(iterations):
-                if deadline is not None and time.monotonic() >= deadline:
+                began = time.monotonic()
+                if deadline is not None and began + step >= deadline:
                     break
                 value = self.bound(box, theta_t, theta_s, alphas)
                 best = torch.minimum(best, value.detach())
@@ -218,6 +222,7 @@ class _Direction:
                     for a in alphas:
                         for v in (a or {}).values():
                             v.clamp_(0.0, 1.0)
+                step = time.monotonic() - began
         with torch.no_grad():
             return torch.minimum(best, self.bound(box, theta_t, theta_s, alphas))
 

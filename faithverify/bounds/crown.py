@@ -364,8 +364,9 @@ def alpha_crown(
 ) -> AlphaResult:
     """alpha-CROWN lower bounds of ``spec · logits`` (module docstring); with ``optimize_intermediate=False``
     only the final rows' slopes are optimised and the intermediate bounds stay CROWN's (several times cheaper
-    per iteration). ``deadline`` (``time.monotonic()``): no iteration starts after it (every iteration's bounds
-    are sound, so stopping early only leaves them looser, never looser than CROWN)."""
+    per iteration). ``deadline`` (``time.monotonic()``): no iteration starts that would end after it, as long as
+    the last one took (every iteration's bounds are sound, so stopping early only leaves them looser, never
+    looser than CROWN)."""
     dtype = box.center.dtype
     optimize_dtype = optimize_dtype or dtype
     base_layers, rows = intermediate_bounds(net, box)
@@ -389,9 +390,11 @@ def alpha_crown(
     fixed = None if optimize_intermediate else best
     trusted = optimize_dtype == dtype  # every iteration's bounds are sound: keep the best of each
     best_final = base.clone()
+    step = 0.0  # the last iteration's seconds: one that would end after the deadline is not started
     with torch.enable_grad():
         for _ in range(iterations):
-            if deadline is not None and time.monotonic() >= deadline:
+            began = time.monotonic()
+            if deadline is not None and began + step >= deadline:
                 break
             layers, _ = intermediate_bounds(
                 fast_net, fast_box, rows=rows, alpha=alpha, best=best, fixed=fixed
@@ -408,6 +411,7 @@ def alpha_crown(
                 for t in params:
                     t.clamp_(0.0, 1.0)
                 best = {k: (b[0].detach(), b[1].detach()) for k, b in layers.pre.items()}
+            step = time.monotonic() - began
     # The answer: one more pass with the final slopes, in the caller's dtype (a lower-precision optimisation's
     # bounds are never trusted), and the best bound of every row met on the way; never looser than CROWN.
     with torch.no_grad():
