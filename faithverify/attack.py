@@ -11,6 +11,7 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
 import torch
@@ -98,44 +99,62 @@ def maximize_in_box(
     lo: torch.Tensor,
     hi: torch.Tensor,
     steps: int,
-    step_size: float | None = None,
+    step: float | torch.Tensor | None = None,
     deadline: float | None = None,
+    keep: Literal["best", "last"] = "best",
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """APGD-style signed-gradient ascent of ``objective`` (per-sample ``[B]``) from ``starts`` ``[B, ...]`` within
-    the box ``[lo, hi]``; returns the best iterate of each sample and its value. No step starts after
-    ``deadline`` (``time.monotonic()``), for callers with a time limit.
+    """The one PGD loop: signed-gradient ascent of ``objective`` (per-sample ``[B]``) from ``starts``
+    ``[B, ...]`` within the box ``[lo, hi]``, used by the EmpLB attack, the VNN engine, robust accuracy and
+    adversarial training. Returns the best iterate of each sample and its value (``keep="best"``), or the last
+    iterate and ``objective`` at the one before it (``keep="last"``, training's PGD, which then evaluates nothing
+    more than its steps). No step starts after ``deadline`` (``time.monotonic()``).
 
-    The step starts at ``2 * (hi - lo) / 2`` per input (APGD's ``2 eps``) with momentum 0.75, and halves at
-    APGD's checkpoints for every sample whose best value did not improve since the last one (it then restarts
-    from its best point). ``step_size`` fixes the step instead (in units of the half-width), no momentum.
+    ``step`` None: APGD's schedule, the step starting at ``2 * (hi - lo) / 2`` per input (APGD's ``2 eps``) with
+    momentum 0.75 and halving at APGD's checkpoints for every sample whose best value did not improve since the
+    last one (which then restarts from its best point). ``step`` given: Madry et al.'s fixed step (absolute, a
+    number or a tensor broadcasting over the inputs), no momentum. With ``keep="best"`` ``objective`` sees every
+    iterate, the first and the last included (the robustness check relies on it).
     """
-    half = (hi - lo) / 2
+    track = keep == "best"
+    if not track and step is None:
+        raise ValueError("APGD's schedule needs the best values: keep='last' takes a fixed step")
     shape = (len(starts),) + (1,) * (starts.dim() - 1)
-    scale = torch.full(
-        shape, 2.0 if step_size is None else step_size, dtype=starts.dtype, device=starts.device
-    )
-    checkpoints = _checkpoints(steps) if step_size is None else set()
+    if step is None:
+        scale = torch.full(shape, 2.0, dtype=starts.dtype, device=starts.device)
+        fixed = None
+    else:
+        fixed = step
+    half = (hi - lo) / 2
+    checkpoints = _checkpoints(steps) if step is None else set()
     x = starts.clone()
     prev = x.clone()
     best_x = x.clone()
-    with torch.no_grad():
-        best = objective(x)
+    best = torch.full((len(starts),), -torch.inf, dtype=starts.dtype, device=starts.device)
+    if track:
+        with torch.no_grad():
+            best = objective(x)
     at_checkpoint = best.clone()
+    value = best
     for it in range(steps):
         if deadline is not None and time.monotonic() >= deadline:
             break
         x.requires_grad_(True)
-        value = objective(x)
-        (grad,) = torch.autograd.grad(value.sum(), x)
+        with torch.enable_grad():  # also when the caller is under no_grad: the gradient is w.r.t. x only
+            value = objective(x)
+            (grad,) = torch.autograd.grad(value.sum(), x)
         with torch.no_grad():
             value = value.detach()
-            improved = value > best
-            best = torch.where(improved, value, best)
-            best_x[improved] = x.detach()[improved]
-            z = torch.minimum(torch.maximum(x.detach() + scale * half * grad.sign(), lo), hi)
-            if step_size is None and it > 0:
-                z = x.detach() + 0.75 * (z - x.detach()) + 0.25 * (x.detach() - prev)
-                z = torch.minimum(torch.maximum(z, lo), hi)
+            if track:
+                improved = value > best
+                best = torch.where(improved, value, best)
+                best_x[improved] = x.detach()[improved]
+            if fixed is not None:
+                z = torch.minimum(torch.maximum(x.detach() + fixed * grad.sign(), lo), hi)
+            else:
+                z = torch.minimum(torch.maximum(x.detach() + scale * half * grad.sign(), lo), hi)
+                if it > 0:
+                    z = x.detach() + 0.75 * (z - x.detach()) + 0.25 * (x.detach() - prev)
+                    z = torch.minimum(torch.maximum(z, lo), hi)
             prev, x = x.detach(), z
             if it + 1 in checkpoints:
                 stalled = best <= at_checkpoint
@@ -143,6 +162,8 @@ def maximize_in_box(
                 x[stalled] = best_x[stalled]
                 prev[stalled] = best_x[stalled]
                 at_checkpoint = best.clone()
+    if not track:
+        return x.detach(), value
     with torch.no_grad():
         value = objective(x)
         improved = value > best
@@ -218,7 +239,9 @@ def faithfulness_attack(
         return torch.where(cls_b >= 0, one, gap.abs().amax(dim=-1))
 
     steps = config.steps if eps_positive(lo32, hi32) else 0
-    best_x, _ = maximize_in_box(objective, starts, lo_b, hi_b, steps, config.step_size)
+    # A fixed step is given in units of each input's half-width (PGDConfig.step_size).
+    step = None if config.step_size is None else config.step_size * (hi_b - lo_b) / 2
+    best_x, _ = maximize_in_box(objective, starts, lo_b, hi_b, steps, step)
     with torch.no_grad():
         gaps = _gap(teacher, student, best_x).abs()  # [B, C]
         value = gaps.amax(dim=-1).reshape(runs * n_obj, n)
@@ -259,20 +282,23 @@ def _pgd_misclassify(
     teacher, for agreement), also ``argmax check(x) == argmax model(x)``. ``start`` is (seed, point keys, stream)
     of the random start.
     """
-    x = _random_start(lo, hi, *start) if steps > 0 else x0.clone()
     ok = still_ok.clone()
-    for it in range(steps + 1):
-        x.requires_grad_(True)
+
+    def loss(x: torch.Tensor) -> torch.Tensor:
         logits = model(x)
-        loss = torch.nn.functional.cross_entropy(logits, target, reduction="sum")
-        (grad,) = torch.autograd.grad(loss, x)
+        # The survival check rides on the loop's evaluations: maximize_in_box evaluates every iterate.
         with torch.no_grad():
             pred = logits.argmax(dim=-1)
-            ok &= pred == target
+            ok.logical_and_(pred == target)
             if check is not None:
-                ok &= check(x).argmax(dim=-1) == pred
-            if it < steps:
-                x = torch.minimum(torch.maximum(x.detach() + step * grad.sign(), lo), hi)
+                ok.logical_and_(check(x).argmax(dim=-1) == pred)
+        return torch.nn.functional.cross_entropy(logits, target, reduction="none")
+
+    if steps == 0:
+        with torch.no_grad():
+            loss(x0)
+        return ok
+    maximize_in_box(loss, _random_start(lo, hi, *start), lo, hi, steps, step)
     return ok
 
 

@@ -56,6 +56,8 @@ def pgd_maximise(
     Gradients are taken with ``torch.autograd.grad`` w.r.t. the input only, so the parameters of the models
     inside ``loss_fn`` accumulate no gradient. Returns a detached tensor inside B.
     """
+    from faithverify.attack import maximize_in_box
+
     x0 = x0.detach()
     if cfg.eps == 0 or cfg.steps == 0:
         return x0.clone()
@@ -64,12 +66,11 @@ def pgd_maximise(
         x = project(x0 + (2 * noise - 1) * cfg.eps, x0, cfg.eps, cfg.domain)
     else:
         x = x0.clone()
-    for _ in range(cfg.steps):
-        x.requires_grad_(True)
-        with torch.enable_grad():
-            (grad,) = torch.autograd.grad(loss_fn(x).sum(), x)
-        x = project(x.detach() + cfg.step * grad.sign(), x0, cfg.eps, cfg.domain)
-    return x.detach()
+    # The box B = ball ∩ domain; projecting onto it is clipping to these bounds (x0 lies in the domain).
+    lo = torch.clamp(x0 - cfg.eps, *cfg.domain)
+    hi = torch.clamp(x0 + cfg.eps, *cfg.domain)
+    last, _ = maximize_in_box(loss_fn, x, lo, hi, cfg.steps, cfg.step, keep="last")
+    return last
 
 
 def pgd_cross_entropy(
