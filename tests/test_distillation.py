@@ -19,7 +19,7 @@ from torch import Tensor, nn
 from faithverify.cli import main
 from faithverify.data import Dataset, load_dataset, save_npz_sample
 from faithverify.onnx_io import load_model, run_onnxruntime
-from faithverify.train import MLPSpec, PGDConfig, build, build_mlp, get_spec
+from faithverify.train import MLPSpec, TrainingAttack, build, build_mlp, get_spec
 from faithverify.train.attacks import pgd_student_soft_label_kl
 from faithverify.train.losses import ard_loss, kl_teacher_student, rslad_loss, standard_distillation_loss
 from faithverify.train.methods import (
@@ -105,7 +105,7 @@ def _nets() -> tuple[nn.Module, nn.Module]:
     return build_mlp(MLPSpec(12, (16, 16), 4)), build_mlp(MLPSpec(12, (8,), 4))
 
 
-ATTACK = PGDConfig(eps=0.1, step=0.02, steps=5)
+ATTACK = TrainingAttack(eps=0.1, step=0.02, steps=5)
 
 
 @pytest.mark.parametrize(
@@ -140,7 +140,7 @@ def test_rslad_inner_maximisation_increases_kl() -> None:
     with torch.no_grad():
         target = teacher(x0)
     x_adv = pgd_student_soft_label_kl(
-        student, target, x0, PGDConfig(eps=0.1, step=0.02, steps=20), torch.Generator().manual_seed(2)
+        student, target, x0, TrainingAttack(eps=0.1, step=0.02, steps=20), torch.Generator().manual_seed(2)
     )
     assert (x_adv - x0).abs().max() <= 0.1 + 1e-6 and x_adv.min() >= 0 and x_adv.max() <= 1
     with torch.no_grad():

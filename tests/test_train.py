@@ -22,8 +22,8 @@ from faithverify.train import (
     ExportCheckError,
     FaithfulDistillation,
     MLPSpec,
-    PGDConfig,
     TrainConfig,
+    TrainingAttack,
     accuracy,
     build,
     build_mlp,
@@ -124,7 +124,7 @@ def random_pair(d: int = 12, c: int = 4) -> tuple[nn.Module, nn.Module]:
 def test_fd_inner_maximisation_increases_kl() -> None:
     teacher, student = random_pair()
     x0 = torch.rand(64, 12, generator=torch.Generator().manual_seed(1))
-    cfg = PGDConfig(eps=0.1, step=0.02, steps=20)
+    cfg = TrainingAttack(eps=0.1, step=0.02, steps=20)
     x_adv = pgd_teacher_student_kl(teacher, student, x0, cfg, torch.Generator().manual_seed(2))
     assert (x_adv - x0).abs().max() <= 0.1 + 1e-6
     assert x_adv.min() >= 0.0 and x_adv.max() <= 1.0
@@ -141,7 +141,7 @@ def test_pgd_cross_entropy_increases_loss() -> None:
     model, _ = random_pair()
     x0 = torch.rand(64, 12, generator=torch.Generator().manual_seed(1))
     y = torch.randint(0, 4, (64,), generator=torch.Generator().manual_seed(5))
-    cfg = PGDConfig(eps=0.05, step=0.01, steps=10, random_start=False)
+    cfg = TrainingAttack(eps=0.05, step=0.01, steps=10, random_start=False)
     x_adv = pgd_cross_entropy(model, x0, y, cfg)
     with torch.no_grad():
         assert cross_entropy(model(x_adv), y) > cross_entropy(model(x0), y)
@@ -149,7 +149,7 @@ def test_pgd_cross_entropy_increases_loss() -> None:
 
 
 def test_evaluation_attack_settings() -> None:
-    cfg = PGDConfig.evaluation(0.1)
+    cfg = TrainingAttack.evaluation(0.1)
     assert (cfg.eps, cfg.step, cfg.steps) == (0.1, pytest.approx(0.005), 50)
 
 
@@ -167,7 +167,7 @@ def test_card_and_certify_share_one_robustness() -> None:
 
 
 def test_eps_warmup_ramps_linearly() -> None:
-    attack = PGDConfig(eps=0.2, step=0.05, steps=10)
+    attack = TrainingAttack(eps=0.2, step=0.05, steps=10)
     half = _ramped(attack, warmup=0.4, progress=0.2)
     assert (half.eps, half.step) == (pytest.approx(0.1), pytest.approx(0.025))
     assert _ramped(attack, warmup=0.4, progress=0.5) == attack
@@ -231,7 +231,7 @@ FAST = TrainConfig(epochs=6, batch_size=32, lr=0.05, seed=0, num_threads=1)
 def test_short_training_run_teacher_then_fd_student_then_export(tmp_path: Path) -> None:
     train_set, test_set = blobs(1200, seed=0), blobs(300, seed=1)
     x_test, y_test = torch.from_numpy(test_set.x), torch.from_numpy(test_set.y)
-    attack = PGDConfig(eps=0.1, step=0.025, steps=5)
+    attack = TrainingAttack(eps=0.1, step=0.025, steps=5)
 
     torch.manual_seed(0)
     teacher = build_mlp(SPEC)
@@ -265,7 +265,7 @@ def test_short_training_run_teacher_then_fd_student_then_export(tmp_path: Path) 
 def test_resume_after_interruption_gives_the_same_weights(tmp_path: Path) -> None:
     train_set, test_set = blobs(200, seed=0), blobs(100, seed=1)
     cfg = dataclasses.replace(FAST, epochs=3)
-    method = AdversarialTraining(PGDConfig(eps=0.1, step=0.025, steps=3))
+    method = AdversarialTraining(TrainingAttack(eps=0.1, step=0.025, steps=3))
 
     torch.manual_seed(0)
     reference = build_mlp(SPEC)
@@ -306,7 +306,7 @@ def test_resume_after_interruption_gives_the_same_weights(tmp_path: Path) -> Non
 
     with pytest.raises(ValueError, match="written with config"):
         train(build_mlp(SPEC), method, train_set, test_set, dataclasses.replace(cfg, lr=0.1), checkpoint=ckpt)
-    other = AdversarialTraining(PGDConfig(eps=0.2, step=0.05, steps=3))
+    other = AdversarialTraining(TrainingAttack(eps=0.2, step=0.05, steps=3))
     with pytest.raises(ValueError, match="written with config"):
         train(build_mlp(SPEC), other, train_set, test_set, cfg, checkpoint=ckpt)
 
@@ -317,7 +317,7 @@ def test_best_epoch_selection_respects_select_from_epoch() -> None:
     torch.manual_seed(0)
     result = train(
         build_mlp(SPEC),
-        AdversarialTraining(PGDConfig(0.0, 0.0, 0)),
+        AdversarialTraining(TrainingAttack(0.0, 0.0, 0)),
         train_set,
         test_set,
         cfg,
@@ -330,7 +330,7 @@ def test_early_stopping_with_patience_and_a_rerun_only_reloads(tmp_path: Path) -
     train_set, test_set = blobs(200, seed=0), blobs(100, seed=1)
     # lr 0: the test accuracy never improves after epoch 1, so patience 2 ends the run after epoch 3.
     cfg = dataclasses.replace(FAST, epochs=10, lr=0.0, patience=2)
-    method = AdversarialTraining(PGDConfig(0.0, 0.0, 0))
+    method = AdversarialTraining(TrainingAttack(0.0, 0.0, 0))
     torch.manual_seed(0)
     result = train(
         build_mlp(SPEC), method, train_set, test_set, cfg, checkpoint=tmp_path / "c.ckpt", progress_bar=False
@@ -358,7 +358,7 @@ def test_a_snapshot_exports_an_unfinished_run_without_training(tmp_path: Path) -
     train_set, test_set = blobs(200, seed=0), blobs(100, seed=1)
     cfg = dataclasses.replace(FAST, epochs=4)
     calls = {"n": 0}
-    inner = AdversarialTraining(PGDConfig(0.0, 0.0, 0))
+    inner = AdversarialTraining(TrainingAttack(0.0, 0.0, 0))
 
     def interrupted(*args: object) -> torch.Tensor:
         calls["n"] += 1

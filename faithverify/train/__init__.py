@@ -3,9 +3,9 @@
 Typical use (``faithverify train-teacher`` and ``distill`` do this from a named recipe)::
 
     teacher = build("mnist-teacher")
-    train(teacher, AdversarialTraining(PGDConfig(eps=0.2, step=0.05, steps=10)), train_set, test_set, cfg)
+    train(teacher, AdversarialTraining(TrainingAttack(eps=0.2, step=0.05, steps=10)), train_set, test_set, cfg)
     student = build("mnist-student")
-    train(student, FaithfulDistillation(teacher, PGDConfig(...)), train_set, test_set, cfg)
+    train(student, FaithfulDistillation(teacher, TrainingAttack(...)), train_set, test_set, cfg)
     export_onnx(student, (784,), "student-fd.onnx")
     check_onnx(student, "student-fd.onnx", input_shape=(784,))
 """
@@ -18,7 +18,7 @@ from typing import Any
 _WHERE = {
     "ARCHITECTURES": "architectures", "MLPSpec": "architectures", "build": "architectures",
     "build_mlp": "architectures", "get_spec": "architectures",
-    "PGDConfig": "attacks", "accuracy": "attacks", "pgd_cross_entropy": "attacks", "pgd_maximise": "attacks",
+    "TrainingAttack": "attacks", "accuracy": "attacks", "pgd_cross_entropy": "attacks", "pgd_maximise": "attacks",
     "pgd_teacher_student_kl": "attacks", "robust_accuracy": "attacks",
     "ExportCheckError": "export", "check_onnx": "export", "export_onnx": "export",
     "TrainConfig": "loop", "TrainResult": "loop", "train": "loop",
@@ -39,9 +39,9 @@ __all__ = [
     "FaithfulDistillation",
     "MLPSpec",
     "Method",
-    "PGDConfig",
     "TrainConfig",
     "TrainResult",
+    "TrainingAttack",
     "accuracy",
     "build",
     "build_mlp",

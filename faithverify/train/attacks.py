@@ -25,7 +25,7 @@ from faithverify.train.losses import kl_teacher_student
 
 
 @dataclass(frozen=True)
-class PGDConfig:
+class TrainingAttack:
     """Radius, step size and number of steps of an L-inf PGD attack, within the input ``domain``."""
 
     eps: float
@@ -35,7 +35,7 @@ class PGDConfig:
     domain: tuple[float, float] = (0.0, 1.0)
 
     @classmethod
-    def evaluation(cls, eps: float, steps: int = 50) -> PGDConfig:
+    def evaluation(cls, eps: float, steps: int = 50) -> TrainingAttack:
         """The paper's evaluation attack (PGD-50): ``steps`` steps of size ``2.5 * eps / steps``."""
         return cls(eps=eps, step=2.5 * eps / steps, steps=steps)
 
@@ -48,7 +48,7 @@ def project(x: Tensor, x0: Tensor, eps: float, domain: tuple[float, float]) -> T
 def pgd_maximise(
     loss_fn: Callable[[Tensor], Tensor],
     x0: Tensor,
-    cfg: PGDConfig,
+    cfg: TrainingAttack,
     generator: torch.Generator | None = None,
 ) -> Tensor:
     """Approximately ``argmax_{x in B} loss_fn(x)``; ``loss_fn`` returns per-sample losses ``[N]``.
@@ -74,7 +74,7 @@ def pgd_maximise(
 
 
 def pgd_cross_entropy(
-    model: nn.Module, x0: Tensor, y: Tensor, cfg: PGDConfig, generator: torch.Generator | None = None
+    model: nn.Module, x0: Tensor, y: Tensor, cfg: TrainingAttack, generator: torch.Generator | None = None
 ) -> Tensor:
     """Untargeted PGD on the cross-entropy ``-log softmax(z(x))_y`` (for adversarial training, robustness)."""
     return pgd_maximise(lambda x: F.cross_entropy(model(x), y, reduction="none"), x0, cfg, generator)
@@ -84,7 +84,7 @@ def pgd_teacher_student_kl(
     teacher: nn.Module,
     student: nn.Module,
     x0: Tensor,
-    cfg: PGDConfig,
+    cfg: TrainingAttack,
     generator: torch.Generator | None = None,
 ) -> Tensor:
     """The inner maximisation of faithful distillation: ``argmax_{x' in B} KL(f_t(x') || f_s(x'))``.
@@ -102,7 +102,7 @@ def pgd_student_soft_label_kl(
     student: nn.Module,
     teacher_clean_logits: Tensor,
     x0: Tensor,
-    cfg: PGDConfig,
+    cfg: TrainingAttack,
     generator: torch.Generator | None = None,
 ) -> Tensor:
     """RSLAD's inner maximisation: ``argmax_{x' in B} KL(f_t(x0) || f_s(x'))``.

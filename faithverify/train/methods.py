@@ -14,7 +14,7 @@ import torch
 from torch import Tensor, nn
 
 from faithverify.train.attacks import (
-    PGDConfig,
+    TrainingAttack,
     pgd_cross_entropy,
     pgd_student_soft_label_kl,
     pgd_teacher_student_kl,
@@ -36,7 +36,7 @@ class Method(Protocol):
     def describe(self) -> dict[str, object]: ...
 
 
-def _ramped(attack: PGDConfig, warmup: float, progress: float) -> PGDConfig:
+def _ramped(attack: TrainingAttack, warmup: float, progress: float) -> TrainingAttack:
     """The attack with eps (and step) scaled by ``min(1, progress / warmup)``.
 
     Small ReLU networks trained at the full eps from the first step often collapse to a constant prediction;
@@ -52,7 +52,7 @@ def _ramped(attack: PGDConfig, warmup: float, progress: float) -> PGDConfig:
 class AdversarialTraining:
     """PGD adversarial training (Madry et al.): minimise ``CE(z(x'), y)``, ``x' = argmax_B CE(z(x'), y)``."""
 
-    attack: PGDConfig
+    attack: TrainingAttack
     eps_warmup: float = 0.0
 
     def __call__(
@@ -99,7 +99,7 @@ class AdversariallyRobustDistillation:
     """ARD from a fixed ``teacher``: ``losses.ard_loss`` at ``x' = attacks.pgd_cross_entropy(student, x, y)``."""
 
     teacher: nn.Module
-    attack: PGDConfig
+    attack: TrainingAttack
     alpha: float = 0.9
     temperature: float = 4.0
     eps_warmup: float = 0.0
@@ -130,7 +130,7 @@ class RobustSoftLabelDistillation:
     """RSLAD from a fixed ``teacher``: ``losses.rslad_loss`` at ``x' = attacks.pgd_student_soft_label_kl``."""
 
     teacher: nn.Module
-    attack: PGDConfig
+    attack: TrainingAttack
     adv_weight: float = 5.0 / 6.0
     temperature: float = 1.0
     eps_warmup: float = 0.0
@@ -165,7 +165,7 @@ class FaithfulDistillation:
     """
 
     teacher: nn.Module
-    attack: PGDConfig
+    attack: TrainingAttack
     alpha: float = 0.5
     temperature: float = 1.0
     eps_warmup: float = 0.0

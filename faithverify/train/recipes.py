@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:  # torch-free at import: the command line lists recipes without loading torch
     from torch import nn
 
-    from faithverify.train.attacks import PGDConfig
+    from faithverify.train.attacks import TrainingAttack
     from faithverify.train.loop import TrainConfig
     from faithverify.train.methods import Method
 
@@ -95,10 +95,10 @@ class Recipe:
         return self.pgd_step if self.pgd_step is not None else self.adv_eps / 4
 
     @property
-    def attack(self) -> PGDConfig:
-        from faithverify.train.attacks import PGDConfig
+    def attack(self) -> TrainingAttack:
+        from faithverify.train.attacks import TrainingAttack
 
-        return PGDConfig(eps=self.adv_eps, step=self.pgd_step_size, steps=self.pgd_steps)
+        return TrainingAttack(eps=self.adv_eps, step=self.pgd_step_size, steps=self.pgd_steps)
 
     @property
     def uses_attack(self) -> bool:
