@@ -222,6 +222,8 @@ def run_instance(
         raise
     except FaithverifyError as exc:  # a solver that is missing or failed on this model
         return failed(Outcome.ERROR, str(exc))
+    except OSError as exc:  # a file that cannot be opened (a name too long, no permission)
+        return failed(Outcome.ERROR, f"cannot read {exc.filename or onnx_path}: {exc.strerror or exc}")
     except Exception as exc:  # an internal error on this instance only: recorded, and the suite goes on
         log.debug("instance %s %s failed", onnx_path, vnnlib_path, exc_info=True)
         return failed(Outcome.ERROR, f"internal error: {type(exc).__name__}: {exc}".splitlines()[0])

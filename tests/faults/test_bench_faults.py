@@ -294,6 +294,12 @@ ONE_BAD_INSTANCE = [  # exit 0: the bad instance is its row, and the next one is
         make=_instances(["{net},{tmp}/bad.vnnlib,20", "{net},{unsat},20"]),
     ),
     ran(
+        "inst-onnx-name-too-long",
+        ["bench", "{csv}", *BENCH_OUT],
+        _results(("error", "too long"), ("unsat", "")),
+        make=_instances([f"{{tmp}}/{LONG}.onnx,{{unsat}},20", "{net},{unsat},20"]),
+    ),
+    ran(
         "inst-nan-weights",
         ["bench", "{csv}", *BENCH_OUT],
         _results(("error", "nan"), ("unsat", "")),
