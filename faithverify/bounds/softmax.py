@@ -27,6 +27,13 @@ RELATIVE_MARGIN = 1e-6
 SOFTMAX_RELATIVE_MARGIN = 1e-12
 
 
+def float_margin(value: np.ndarray, weight: float = 1.0) -> np.ndarray:
+    """The one margin for float evaluation error in a bound on a linear form of the logits (module docstring):
+    ``weight`` logits' worth (``||a||_1`` of the form ``a · z``; 1 for a logit difference's own bound) plus a
+    relative part. Lower bounds move down by it, upper bounds up."""
+    return weight * LOGIT_MARGIN + RELATIVE_MARGIN * np.abs(value)
+
+
 @dataclass(frozen=True)
 class LogitDiffBounds:
     """Bounds on ``z_j - z_i`` over an input box, per point: ``lower[n, i, j] <= z_j - z_i <= upper[n, i, j]``."""
@@ -52,9 +59,8 @@ class LogitDiffBounds:
 
     def widened(self) -> LogitDiffBounds:
         """Outward rounding margin for the propagation that produced these bounds (module docstring)."""
-        lo, up = self.lower, self.upper
-        lo = lo - LOGIT_MARGIN - RELATIVE_MARGIN * np.abs(lo)
-        up = up + LOGIT_MARGIN + RELATIVE_MARGIN * np.abs(up)
+        lo = self.lower - float_margin(self.lower)
+        up = self.upper + float_margin(self.upper)
         c = lo.shape[1]
         eye = np.eye(c, dtype=bool)[None]
         return LogitDiffBounds(lower=np.where(eye, 0.0, lo), upper=np.where(eye, 0.0, up))

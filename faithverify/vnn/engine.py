@@ -38,7 +38,7 @@ from faithverify.bounds.crown import Box, LayerBounds
 from faithverify.bounds.milp import Solver
 from faithverify.bounds.milp.backends import Status
 from faithverify.bounds.portfolio import ExactSolver
-from faithverify.bounds.softmax import LOGIT_MARGIN, RELATIVE_MARGIN, LogitDiffBounds, softmax_bounds
+from faithverify.bounds.softmax import LogitDiffBounds, float_margin, softmax_bounds
 from faithverify.errors import FaithverifyError
 from faithverify.onnx_io import LoadedModel
 from faithverify.refine import refine_point
@@ -211,11 +211,9 @@ def _attack(
 
 
 def _widen(value: np.ndarray, weight: float = 1.0) -> np.ndarray:
-    """Push a lower bound on ``a · z`` down by the float32-evaluation margin of :mod:`faithverify.bounds.softmax`.
-
-    That margin is stated per logit; a linear form with ``||a||_1 = weight`` adds up to ``weight`` of them (a form
+    """A lower bound on ``a · z`` pushed down by :func:`float_margin` with ``||a||_1 = weight`` (a form
     ``1000 z_0 - 1000 z_1`` can be off by 1000 times a logit's error however small its value)."""
-    return value - (weight * LOGIT_MARGIN + RELATIVE_MARGIN * np.abs(value))
+    return value - float_margin(value, weight)
 
 
 @dataclass
@@ -440,7 +438,7 @@ def _refine_rows(
             # The MILP's bound is for the network in exact arithmetic; onnxruntime evaluates it in float32,
             # so the bound must clear the target by the same margin as CROWN's (``_widen``).
             weight = float(np.abs(a[k][part]).sum())
-            margin = weight * LOGIT_MARGIN + RELATIVE_MARGIN * abs(target)
+            margin = float(float_margin(np.array(target), weight))
             result = milps[net_index].maximize(-a[k][part], time_limit=left, cutoff=target - margin)
             if -float(_widen(np.array([-result.bound]), weight)[0]) <= target:
                 refuted = True
