@@ -35,7 +35,7 @@ from faithverify.cli_support import (
 from faithverify.cli_train import distill, recipes, train_teacher
 from faithverify.cli_vnn import bench, export_vnn, verify_instance
 from faithverify.executors import RAY_OPTION_HELP
-from faithverify.methods import BoundMethod, Refiner
+from faithverify.methods import BoundMethod, Device, Refiner
 
 if TYPE_CHECKING:
     from faithverify.pair import Pair
@@ -154,7 +154,7 @@ def main() -> None:
 )
 @click.option(
     "--device",
-    type=click.Choice(["auto", "cpu", "cuda"]),
+    type=click.Choice([d.value for d in Device]),
     default="auto",
     show_default=True,
     help="Where to compute; auto uses CUDA when present.",

@@ -16,6 +16,7 @@ import click
 from faithverify import interrupt
 from faithverify.attack_config import PGDConfig
 from faithverify.errors import BoundingError, FaithverifyError, SoundnessViolation
+from faithverify.methods import Solver
 
 _PGD = PGDConfig()  # the attack's defaults
 
@@ -249,7 +250,7 @@ def solver_option(what: str = "MILP solver") -> Callable[[F], F]:
     """``--solver``: the name of a :class:`faithverify.bounds.milp.Solver`."""
     return click.option(
         "--solver",
-        type=click.Choice(["auto", "gurobi", "highs"]),
+        type=click.Choice([s.value for s in Solver]),
         default="auto",
         show_default=True,
         help=f"{what}. auto: Gurobi where its license accepts the model, HiGHS otherwise.",

@@ -30,6 +30,22 @@ class RefineMode(StrEnum):
     ALL = "all"  # every point: FaithUB as tight as the time allows (the paper's FaithUB with the MILP)
 
 
+class Solver(StrEnum):
+    """The MILP's solver."""
+
+    AUTO = "auto"  # Gurobi where its license allows the model, HiGHS otherwise
+    HIGHS = "highs"
+    GUROBI = "gurobi"
+
+
+class Device(StrEnum):
+    """Where bounds and attacks run."""
+
+    AUTO = "auto"  # CUDA when torch sees it, else the CPU
+    CPU = "cpu"
+    CUDA = "cuda"
+
+
 class Engine(StrEnum):
     """Who computes the screening bounds."""
 

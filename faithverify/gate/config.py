@@ -64,12 +64,12 @@ from faithverify.attack_config import PGDConfig
 from faithverify.data import KNOWN_DATASETS
 from faithverify.gate.kinds import KINDS, CheckKind
 from faithverify.gate.reader import GateConfigError, KeyLines, Table, located, show
-from faithverify.methods import BoundMethod
+from faithverify.methods import BoundMethod, Device, Solver
 
 BOUND_METHODS = tuple(m.value for m in BoundMethod)  # the screening methods
-SOLVERS = ("auto", "highs", "gurobi")
+SOLVERS = tuple(s.value for s in Solver)
 MODELS = ("teacher", "student")
-DEVICES = ("auto", "cpu", "cuda")
+DEVICES = tuple(d.value for d in Device)
 BUDGET_CHECK = "time budget"  # the name of the check that time_budget_s adds
 SPLITS = ("test", "train")
 

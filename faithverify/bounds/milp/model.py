@@ -38,7 +38,6 @@ import logging
 import math
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from enum import StrEnum
 
 import numpy as np
 from torch import nn
@@ -62,6 +61,7 @@ from faithverify.bounds.milp.prebounds import crown_layer_bounds
 from faithverify.bounds.milp.tighten import lp_refiner
 from faithverify.bounds.softmax import LogitDiffBounds
 from faithverify.errors import SolverError
+from faithverify.methods import Solver
 from faithverify.network import PiecewiseLinearNetwork
 
 log = logging.getLogger(__name__)
@@ -72,12 +72,6 @@ REL_MARGIN = 1e-6
 # bounds): a cap for big CNNs, far above what MNIST-size MLPs need (~0.2 s per layer of 30 neurons).
 _TIGHTEN_SECONDS_PER_LAYER = 10.0
 _GUESS_STEPS = 12  # signed-gradient steps for a first incumbent (step sizes halve: 1/2 ... 1/4096 of the box)
-
-
-class Solver(StrEnum):
-    HIGHS = "highs"
-    GUROBI = "gurobi"
-    AUTO = "auto"  # Gurobi where its license allows the model, HiGHS otherwise
 
 
 @dataclass(frozen=True)
