@@ -9,8 +9,9 @@ import math
 import os
 import statistics
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import click
 
@@ -38,6 +39,8 @@ from faithverify.executors import RAY_OPTION_HELP
 from faithverify.methods import BoundMethod, Device, Refiner
 
 if TYPE_CHECKING:
+    from faithverify.certify import CertifyConfig as CertifyConfigType
+    from faithverify.methods import RefineMode as RefineModeType
     from faithverify.pair import Pair
     from faithverify.results import PointResult
 
@@ -173,37 +176,7 @@ def main() -> None:
 @summary_options
 @quiet_option()
 @reports_errors
-def certify(
-    teacher: Path,
-    student: Path,
-    eps_list: tuple[float, ...],
-    data_source: str | None,
-    data_root: Path | None,
-    split: str,
-    count: int | None,
-    start: int,
-    domain: tuple[float, float],
-    methods: tuple[str, ...],
-    delta: float | None,
-    method: str,
-    refine: bool,
-    solver: str,
-    milp_timeout: float,
-    jobs: int,
-    ray_address: str | None,
-    alpha_iterations: int,
-    attack_steps: int,
-    restarts: int,
-    robustness: bool,
-    seed: int,
-    batch_size: int,
-    device: str,
-    out: Path | None,
-    resume: bool,
-    as_json: bool,
-    csv_path: Path | None,
-    quiet: bool,
-) -> None:
+def certify(teacher: Path, student: Path, **options: Any) -> None:
     """Bound the teacher/student confidence gap around each point, for each --eps.
 
     Per point and eps it reports EmpLB (PGD, re-checked with onnxruntime), FaithUB by each --bounds method,
@@ -218,121 +191,169 @@ def certify(
       faithverify certify T.onnx S.onnx --eps 0.1 --bounds crown --bounds bab --timeout 10   # anytime, sound
       faithverify certify T.onnx S.onnx --eps 0.1 --method milp --solver highs --timeout 30 --jobs 2
     """
-
-    from faithverify.attack import PGDConfig
-    from faithverify.bounds.milp import Solver
-    from faithverify.certify import CertifyConfig, RefineMode
+    from faithverify.certify import RefineMode
     from faithverify.certify import certify as run_certify
     from faithverify.data import sample_beside, select_points
     from faithverify.executors import import_ray
     from faithverify.pair import load_pair
     from faithverify.results import ResultsFile, format_table, summarize, write_summary_csv
 
-    if resume and out is None:
+    o = CertifyOptions(**options)
+    out = o.out
+    if o.resume and out is None:
         raise click.BadParameter("--resume needs --out", param_hint="--resume")
     if out is not None and str(out) == "-":
         raise click.BadParameter(
             "results stream to a file, not to stdout: give a file name", param_hint="--out"
         )
-    for path, option in ((out, "--out"), (csv_path, "--csv")):
+    for path, option in ((out, "--out"), (o.csv_path, "--csv")):
         if path is not None:
             check_output_file(path, option)  # before the run, not after it
-    if ray_address is not None:
-        import_ray(local=ray_address == "local")  # a missing extra is one line, before anything is written
+    if o.ray_address is not None:
+        import_ray(local=o.ray_address == "local")  # a missing extra is one line, before anything is written
     # The models first: a file that is not a model is named as such, not as a missing sample beside it.
-    pair = load_pair(teacher, student, domain=domain)
-    data_source = sample_beside(teacher, data_source)
+    pair = load_pair(teacher, student, domain=o.domain)
+    data_source = sample_beside(teacher, o.data_source)
     selected = select_points(
         data_source,
         pair.input_shape,
-        split=split,
-        data_root=data_root,
-        start=start,
-        count=count,
-        domain=domain,
+        split=o.split,
+        data_root=o.data_root,
+        start=o.start,
+        count=o.count,
+        domain=o.domain,
         num_classes=pair.num_classes,
     )
-    x, labels, indices = selected.x, selected.labels, selected.indices
-    for warning in _input_warnings(pair, eps_list, domain):
+    indices = selected.indices
+    for warning in _input_warnings(pair, o.eps_list, o.domain):
         click.echo(f"warning: {warning}", err=True)
 
-    screening = [BoundMethod(m) for m in dict.fromkeys(methods) if m in BoundMethod.__members__.values()]
-    exact = [Refiner(m) for m in dict.fromkeys(methods) if m in Refiner.__members__.values()]
-    if method == "milp" and Refiner.MILP not in exact:
-        exact.append(Refiner.MILP)
-    mode = RefineMode.UNDECIDED if delta is not None or not exact else RefineMode.ALL
-    if method == "milp":
-        mode = RefineMode.ALL
-    if not refine and not (exact or method == "milp"):
-        mode = RefineMode.NONE
-    config = CertifyConfig(
-        eps=list(eps_list),
-        methods=screening or [BoundMethod.CROWN],
-        pgd=PGDConfig(steps=attack_steps, restarts=restarts, seed=seed),
-        robustness=robustness,
-        batch_size=batch_size,
-        device=device,
-        alpha_iterations=alpha_iterations,
-        domain=domain,
-        delta=delta,
-        refine_mode=mode,
-        refiners=tuple(exact) or (Refiner.BAB, Refiner.MILP),
-        solver=Solver(solver),
-        milp_timeout=milp_timeout,
-        jobs=jobs,
-        ray=ray_address,
-    )
+    config = o.certify_config()
     # The header: the models and data the records are about, and every setting that decides their values.
     settings = {
         "teacher_sha256": _sha256(teacher),
         "student_sha256": _sha256(student),
         "data": str(data_source),
-        "split": split,
+        "split": o.split,
         **config.record_settings(),
     }
-    if out is not None and not resume and out.exists() and out.stat().st_size > 0:
+    if out is not None and not o.resume and out.exists() and out.stat().st_size > 0:
         click.echo(f"note: replacing the results in {out} (--resume keeps them)", err=True)
-    results_file = ResultsFile(out, settings, resume=resume) if out is not None else None
+    results_file = ResultsFile(out, settings, resume=o.resume) if out is not None else None
     note_on_interrupt(
         f"the finished points are in {out}; run the same command with --resume to finish"
         if out is not None
         else "nothing was kept (--out FILE keeps every point as it finishes)"
     )
     try:
-        done = set(results_file.done) if results_file else set()
         fresh = run_certify(
             pair,
-            x,
-            labels,
+            selected.x,
+            selected.labels,
             config,
             indices=indices,
-            done=done,
+            done=set(results_file.done) if results_file else set(),
             on_batch=results_file.write if results_file else None,
-            progress=not quiet,
+            progress=not o.quiet,
         )
     finally:
         if results_file is not None:
             results_file.close()
-    wanted = {(int(i), float(e)) for i in indices for e in eps_list}
+    wanted = {(int(i), float(e)) for i in indices for e in o.eps_list}
     points = [
         p for p in (results_file.done.values() if results_file else fresh) if (p.index, p.eps) in wanted
     ]
     rows = summarize(points)
-    if csv_path is not None:
-        write_summary_csv(rows, csv_path)
-    if as_json:
+    if o.csv_path is not None:
+        write_summary_csv(rows, o.csv_path)
+    if o.as_json:
         click.echo(json.dumps([r.to_dict() for r in rows], indent=2))
-    else:
-        click.echo(
-            f"teacher {teacher} ({pair.teacher.num_classes} classes, onnxruntime check "
-            f"{pair.teacher.max_abs_diff:.1e}); student {student} ({pair.student.max_abs_diff:.1e})"
+        return
+    click.echo(
+        f"teacher {teacher} ({pair.teacher.num_classes} classes, onnxruntime check "
+        f"{pair.teacher.max_abs_diff:.1e}); student {student} ({pair.student.max_abs_diff:.1e})"
+    )
+    click.echo(format_table(rows))
+    summary = _milp_summary(points, o.milp_timeout, all_pairs=config.refine_mode is RefineMode.ALL)
+    if summary:
+        click.echo(summary)
+    if out is not None:
+        click.echo(f"per-point results: {out}")
+
+
+@dataclass(frozen=True)
+class CertifyOptions:
+    """``certify``'s command line, typed: click fills it, :meth:`certify_config` turns it into the run's
+    :class:`~faithverify.certify.CertifyConfig` (the one place that maps options to settings)."""
+
+    eps_list: tuple[float, ...]
+    data_source: str | None
+    data_root: Path | None
+    split: str
+    count: int | None
+    start: int
+    domain: tuple[float, float]
+    methods: tuple[str, ...]
+    delta: float | None
+    method: str
+    refine: bool
+    solver: str
+    milp_timeout: float
+    jobs: int
+    ray_address: str | None
+    alpha_iterations: int
+    attack_steps: int
+    restarts: int
+    robustness: bool
+    seed: int
+    batch_size: int
+    device: str
+    out: Path | None
+    resume: bool
+    as_json: bool
+    csv_path: Path | None
+    quiet: bool
+
+    def refinement(self) -> tuple[list[BoundMethod], tuple[Refiner, ...], RefineModeType]:
+        """Screening methods, exact methods and which points they refine, from --bounds, --method, --refine
+        and --delta: exact methods named in --bounds (or --method milp) refine every point, or with --delta the
+        undecided ones; otherwise --delta refines undecided points with branch and bound then the MILP."""
+        from faithverify.methods import RefineMode
+
+        screening = [BoundMethod(m) for m in dict.fromkeys(self.methods) if m in set(BoundMethod)]
+        exact = [Refiner(m) for m in dict.fromkeys(self.methods) if m in set(Refiner)]
+        if self.method == "milp" and Refiner.MILP not in exact:
+            exact.append(Refiner.MILP)
+        mode = RefineMode.UNDECIDED if self.delta is not None or not exact else RefineMode.ALL
+        if self.method == "milp":
+            mode = RefineMode.ALL
+        if not self.refine and not exact:
+            mode = RefineMode.NONE
+        return screening or [BoundMethod.CROWN], tuple(exact) or (Refiner.BAB, Refiner.MILP), mode
+
+    def certify_config(self) -> CertifyConfigType:
+        from faithverify.attack_config import PGDConfig
+        from faithverify.certify import CertifyConfig
+        from faithverify.methods import Solver
+
+        screening, refiners, mode = self.refinement()
+        return CertifyConfig(
+            eps=list(self.eps_list),
+            methods=screening,
+            pgd=PGDConfig(steps=self.attack_steps, restarts=self.restarts, seed=self.seed),
+            robustness=self.robustness,
+            batch_size=self.batch_size,
+            device=self.device,
+            alpha_iterations=self.alpha_iterations,
+            domain=self.domain,
+            delta=self.delta,
+            refine_mode=mode,
+            refiners=refiners,
+            solver=Solver(self.solver),
+            milp_timeout=self.milp_timeout,
+            jobs=self.jobs,
+            ray=self.ray_address,
         )
-        click.echo(format_table(rows))
-        summary = _milp_summary(points, milp_timeout, all_pairs=mode is RefineMode.ALL)
-        if summary:
-            click.echo(summary)
-        if out is not None:
-            click.echo(f"per-point results: {out}")
 
 
 def _input_warnings(pair: Pair, eps_list: tuple[float, ...], domain: tuple[float, float]) -> list[str]:
