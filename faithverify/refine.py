@@ -316,27 +316,10 @@ def refine_point(
     if starts is not None:
         starts = np.asarray(starts, dtype=np.float64).reshape(-1, len(x0_flat))
         seen = np.concatenate([seen, starts])
-    sides = []
-    for body, crown in ((teacher_body, teacher_crown), (student_body, student_crown)):
-        c = crown.lower.shape[-1]
-        form = (
-            body
-            if isinstance(body, PiecewiseLinearNetwork)
-            else PiecewiseLinearNetwork.from_module(body, len(lower))
-        )
-        side = _Side(
-            form,
-            (lower, upper),
-            solver,
-            tuple(refiners),
-            device,
-            crown.lower[0].copy(),
-            crown.upper[0].copy(),
-            np.full((c, c), -math.inf),
-            deadline=solve_deadline,
-        )
-        side.observe(seen)
-        sides.append(side)
+    sides = [
+        _make_side(body, crown, (lower, upper), solver, refiners, device, solve_deadline, seen)
+        for body, crown in ((teacher_body, teacher_crown), (student_body, student_crown))
+    ]
     teacher, student = sides
     anchors = [x0_flat, *([] if starts is None else list(starts[:1]))]
     coupled_hope: bool | None = None
@@ -366,22 +349,12 @@ def refine_point(
                 return _result(
                     teacher, student, solves, False, start, witnesses, anchors, deadline, out_of_reach=delta
                 )
-        # Only the largest term can lower FaithUB: its solves, the largest possible gain first. One solve alone
-        # often cannot move a saturated term (any other loose bound keeps it at 1), so ties go to the loosest
-        # bound; the term's solves run out only when all of its bounds are final.
+        # Only the largest term can lower FaithUB: one of its bounds is solved next (_pick_bound).
         direction, cls = (int(k) for k in np.unravel_index(int(terms.argmax()), terms.shape))
-        best: tuple[tuple[float, float], _Side, int, int] | None = None
-        for side, i, j in _candidates(cls, direction, teacher, student):
-            looseness = float(side.upper[i, j] - side.reached[i, j])
-            if looseness <= _NEGLIGIBLE:  # already at a value the network takes: exact without a solve
-                side.solved.add((i, j))
-                continue
-            key = (_gain(teacher, student, side, i, j, worst), looseness)
-            if best is None or key > best[0]:
-                best = (key, side, i, j)
-        if best is None:
+        picked = _pick_bound(teacher, student, direction, cls, worst)
+        if picked is None:
             break
-        _, side, i, j = best
+        side, i, j = picked
         side.exact  # noqa: B018  (built first: its root bounds are part of the budget, not extra to it)
         remaining = solve_deadline - time.monotonic()
         if remaining <= 0:
@@ -417,6 +390,52 @@ def refine_point(
             for s in sides:
                 s.observe(result.witness[None])
     return _result(teacher, student, solves, False, start, witnesses, anchors, deadline)
+
+
+def _make_side(
+    body: nn.Module | PiecewiseLinearNetwork,
+    crown: LogitDiffBounds,
+    box: tuple[np.ndarray, np.ndarray],
+    solver: Solver,
+    refiners: tuple[Refiner, ...],
+    device: str,
+    deadline: float,
+    seen: np.ndarray,
+) -> _Side:
+    """One network's side, starting from its screening bounds and the values it takes at ``seen``."""
+    c = crown.lower.shape[-1]
+    form = (
+        body
+        if isinstance(body, PiecewiseLinearNetwork)
+        else PiecewiseLinearNetwork.from_module(body, len(box[0]))
+    )
+    side = _Side(
+        form, box, solver, tuple(refiners), device, crown.lower[0].copy(), crown.upper[0].copy(),
+        np.full((c, c), -math.inf), deadline=deadline,
+    )  # fmt: skip
+    side.observe(seen)
+    return side
+
+
+def _pick_bound(
+    teacher: _Side, student: _Side, direction: int, cls: int, worst: float
+) -> tuple[_Side, int, int] | None:
+    """Which bound of the largest term ``(direction, cls)`` to solve next: the largest possible gain first.
+
+    One solve alone often cannot move a saturated term (any other loose bound keeps it at 1), so ties go to
+    the loosest bound; the term's solves run out only when all of its bounds are final. A bound already at a
+    value the network takes is final without a solve. None when nothing is left to solve.
+    """
+    best: tuple[tuple[float, float], _Side, int, int] | None = None
+    for side, i, j in _candidates(cls, direction, teacher, student):
+        looseness = float(side.upper[i, j] - side.reached[i, j])
+        if looseness <= _NEGLIGIBLE:
+            side.solved.add((i, j))
+            continue
+        key = (_gain(teacher, student, side, i, j, worst), looseness)
+        if best is None or key > best[0]:
+            best = (key, side, i, j)
+    return None if best is None else best[1:]
 
 
 def _coupled(
