@@ -12,7 +12,8 @@ same functions; the artifacts go to a temporary folder, not the working director
 - pass: the known answer; wrong: the opposite definite answer (never acceptable: a soundness bug);
 - unknown: a claimed test answered `unknown` / `timed-out` (sound, incomplete);
 - skipped: not claimed by `supports` (with ``--unclaimed`` these run as well, and must not be wrong either);
-- no verdict: stdout does not start with a verdict line (an exit without an answer);
+- invalid query: exit 2 (bad input) on a query the standard's reference parser rejects too;
+- no verdict: stdout does not start with a verdict line (an exit without an answer) on a valid query;
 - crash: a traceback on stderr, or an exit code other than 0 (answered) and 2 (input refused).
 
 A verifier must never answer without a verdict line, so "no verdict" and "crash" must be 0.
@@ -43,6 +44,7 @@ class Row:
     returncode: int
     seconds: float
     reason: str  # the last stderr line (why unknown, or the error)
+    valid: bool = True  # whether the standard's reference parser (PyPI vnnlib) accepts the query
 
     @property
     def crash(self) -> bool:
@@ -58,12 +60,24 @@ class Row:
         if self.crash:
             return "crash"
         if not self.verdict:
-            return "no verdict"
+            # Exit 2 on a query the reference parser itself rejects is the right answer to bad input.
+            return "invalid query" if self.returncode == 2 and not self.valid else "no verdict"
         if self.answer in ("sat", "unsat") and self.expected in ("sat", "unsat"):
             return "pass" if self.answer == self.expected else "wrong"
         if self.answer in ("sat", "unsat"):
             return "no reference"
         return "unknown"
+
+
+def _parses(query: Path) -> bool:
+    """Whether the standard's reference parser accepts the query (types and scopes checked)."""
+    import vnnlib
+
+    try:
+        vnnlib.parse_query_string(query.read_text())
+    except vnnlib.VNNLibException:
+        return False
+    return True
 
 
 def _solver_command(given: str | None) -> str:
@@ -125,6 +139,7 @@ def run(solver: str, timeout: float, only: list[str] | None, unclaimed: bool) ->
                     result.returncode,
                     seconds,
                     reason,
+                    _parses(Path(tc.vnnlib_path)),
                 )
             )
             print(
@@ -152,10 +167,11 @@ def table(rows: list[Row], claims: dict, command: str, seconds: float, timeout: 
         "",
         "## Claimed tests (what `supports` covers)",
         "",
-        "| tests | pass | wrong | unknown | no reference | no verdict | crash | skipped (not claimed) |",
-        "|---:|---:|---:|---:|---:|---:|---:|---:|",
-        f"| {len(rows)} | {count['pass']} | {count['wrong']} | {count['unknown']} | {count['no reference']} | "
-        f"{count['no verdict']} | {count['crash']} | {len(rows) - len(claimed)} |",
+        "| claimed | pass | wrong | unknown | no reference | invalid query | no verdict | crash "
+        "| not claimed (skipped) |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        f"| {len(claimed)} | {count['pass']} | {count['wrong']} | {count['unknown']} | {count['no reference']} | "
+        f"{count['invalid query']} | {count['no verdict']} | {count['crash']} | {len(rows) - len(claimed)} |",
         "",
     ]
     unclaimed_ran = [r for r in ran if not r.claimed]
@@ -164,10 +180,10 @@ def table(rows: list[Row], claims: dict, command: str, seconds: float, timeout: 
         out += [
             "## Tests not claimed, run anyway (`--unclaimed`)",
             "",
-            "| tests | pass | wrong | unknown | no reference | no verdict | crash |",
-            "|---:|---:|---:|---:|---:|---:|---:|",
+            "| tests | pass | wrong | unknown | no reference | invalid query | no verdict | crash |",
+            "|---:|---:|---:|---:|---:|---:|---:|---:|",
             f"| {len(unclaimed_ran)} | {extra['pass']} | {extra['wrong']} | {extra['unknown']} | "
-            f"{extra['no reference']} | {extra['no verdict']} | {extra['crash']} |",
+            f"{extra['no reference']} | {extra['invalid query']} | {extra['no verdict']} | {extra['crash']} |",
             "",
         ]
     out += ["## What `supports` claims", ""]
@@ -225,6 +241,14 @@ def main() -> int:
     words += ["--only " + " ".join(args.only)] if args.only else []
     text = table(rows, claims, " ".join(words), time.monotonic() - started, args.timeout)
     args.out.parent.mkdir(parents=True, exist_ok=True)
+    # Earlier measurements, written by hand under "## History", are kept across re-runs.
+    if args.out.exists() and "\n## History\n" in (old := args.out.read_text()):
+        text = text.replace(
+            "\n## Every test\n",
+            "\n## History\n"
+            + old.split("\n## History\n", 1)[1].split("\n## Every test\n")[0]
+            + "\n## Every test\n",
+        )
     args.out.write_text(text)
     print(text.split("## What")[0])
     bad = [r for r in rows if r.kind in ("wrong", "crash", "no verdict")]

@@ -218,3 +218,13 @@ def test_a_1d_convolution(tmp_path: Path) -> None:
     # Y[0,0,1] = x1 + 2 x2 + 3 x3 <= 6.
     assert _verify(tmp_path, head + "(assert (>= Y[0,0,1] 6.5))\n", f"N={path}") == ["unsat"]
     assert _verify(tmp_path, head + "(assert (>= Y[0,0,1] 5.5))\n", f"N={path}")[0] == "sat"
+
+
+def test_unbounded_inputs_give_counterexamples_only(tmp_path: Path) -> None:
+    # y = relu(x); X[0,1] has no bounds at all: a counterexample is found in a finite box inside the region.
+    path = _save(tmp_path, "relu", _model([helper.make_node("Relu", ["x"], ["y"])], [1, 2], [1, 2]))
+    head = V2 + net_decl("N", "X", "1,2", "Y", "1,2") + "(assert (and (>= X[0,0] 0.0) (<= X[0,0] 1.0)))\n"
+    lines = _verify(tmp_path, head + "(assert (>= Y[0,1] 3.0))\n", f"N={path}")
+    assert lines[0] == "sat" and _values(lines, "X float32 [1,2]", 2)[1] >= 3.0
+    # Never unsat: relu(X[0,1]) <= -1 is impossible, but the region is unbounded and bounds see a clipped box.
+    assert _verify(tmp_path, head + "(assert (<= Y[0,1] -1.0))\n", f"N={path}") == ["unknown"]

@@ -204,9 +204,9 @@ def _read(query_file: Path, networks: tuple[str, ...]) -> tuple[Query, dict[str,
         version = _version(text)
         if version == "1.0":
             # The shapes come from the network, so the one --network file is read first.
-            query = parse_vnnlib1_query(text, str(query_file), "N")
+            query = parse_vnnlib1_query(text, str(query_file), "N", unbounded=True)
         elif version == "2.0":
-            query = parse_query(text, source=str(query_file))
+            query = parse_query(text, source=str(query_file), unbounded=True)
         else:
             raise VnnlibUnsupported(str(query_file), None, f"VNN-LIB version {version} is not supported")
     except VnnlibUnsupported as exc:
@@ -244,8 +244,23 @@ def _problem(query: Query, paths: dict[str, Path]) -> Problem:
     # Bounds read the closure of strict rows (sound for unsat); a counterexample must meet them strictly.
     unsafe = [(c.a, c.b) for c in query.unsafe]
     witness = [(c.a, c.witness_bounds()) for c in query.unsafe]
-    boxes = [(b.lower, b.upper) for b in query.input_boxes]
+    boxes = [_clipped(b.lower, b.upper) for b in query.input_boxes]
     return Problem(problem_networks, boxes, unsafe, reference, witness)
+
+
+def _unbounded(query: Query) -> bool:
+    """Whether some input has an infinite bound (then only a counterexample can be reported)."""
+    return any(not (np.isfinite(b.lower).all() and np.isfinite(b.upper).all()) for b in query.input_boxes)
+
+
+def _clipped(lower: np.ndarray, upper: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """A finite box inside an unbounded one, to search for a counterexample in (it lies in the real region);
+    the finite sides are kept, the infinite ones put well beyond them."""
+    finite = np.concatenate([lower[np.isfinite(lower)], upper[np.isfinite(upper)], [1.0]])
+    radius = 10.0 * float(np.abs(finite).max())
+    lo = np.where(np.isfinite(lower), lower, np.minimum(-radius, upper - radius))
+    hi = np.where(np.isfinite(upper), upper, np.maximum(radius, lower + radius))
+    return lo, hi
 
 
 def _exact_check(query: Query, problem: Problem, x: np.ndarray) -> bool:
@@ -296,6 +311,12 @@ def verify_command(query_file: Path, networks: tuple[str, ...], timeout: float) 
         query, paths = _read(query_file, networks)
         problem = _problem(query, paths)
         answer = verify(problem, timeout)
+        if answer.outcome is not Outcome.SAT and _unbounded(query):
+            # The search ran in a clipped box: its unsat or time-out says nothing about the whole region.
+            raise _Unknown(
+                f"{answer.outcome.value} on a clipped box: some inputs are unbounded, so only a "
+                "counterexample can be reported"
+            )
     except _Unknown as exc:
         click.echo(f"unknown: {exc}", err=True)
         click.echo(Outcome.UNKNOWN.value)

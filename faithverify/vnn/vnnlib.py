@@ -272,6 +272,7 @@ def assemble(
     input_label: Sequence[str] | None = None,
     input_line: Sequence[int | None] | None = None,
     mixed: bool = False,
+    unbounded: bool = False,
 ) -> tuple[list[Box], list[Conjunct]]:
     """Turn the conjoined assertions (each a DNF, with its line) into input boxes and the unsafe set.
 
@@ -282,10 +283,11 @@ def assemble(
 
     With ``mixed``, any other linear constraint over inputs (several inputs in a row, or inputs and outputs
     together) is kept in the unsafe set instead, whose rows then read ``[outputs..., inputs...]`` (width
-    ``n_outputs + n_inputs``); every input still needs box bounds.
+    ``n_outputs + n_inputs``); every input still needs box bounds, unless ``unbounded`` (the boxes may then
+    have infinite sides).
     """
     if mixed:
-        return _assemble_mixed(assertions, n_inputs, n_outputs, source, input_label, input_line)
+        return _assemble_mixed(assertions, n_inputs, n_outputs, source, input_label, input_line, unbounded)
     labels = list(input_label) if input_label is not None else [f"X_{i}" for i in range(n_inputs)]
     # Boxes are kept as mutable [lower, upper] pairs while assertions narrow them.
     boxes: list[tuple[np.ndarray, np.ndarray]] = [(np.full(n_inputs, -np.inf), np.full(n_inputs, np.inf))]
@@ -355,6 +357,7 @@ def _assemble_mixed(
     source: str,
     input_label: Sequence[str] | None,
     input_line: Sequence[int | None] | None,
+    unbounded: bool = False,
 ) -> tuple[list[Box], list[Conjunct]]:
     labels = list(input_label) if input_label is not None else [f"X_{i}" for i in range(n_inputs)]
     boxes: list[tuple[np.ndarray, np.ndarray]] = [(np.full(n_inputs, -np.inf), np.full(n_inputs, np.inf))]
@@ -373,7 +376,7 @@ def _assemble_mixed(
             unsafe = and_dnf([unsafe, [[row for row in dnf[0] if not _is_bound(row)]]], source, line)
         else:  # a disjunction: kept whole (its bounds as rows too), so nothing is lost
             unsafe = and_dnf([unsafe, dnf], source, line)
-    boxes = _checked_boxes(boxes, labels, input_line, source)
+    boxes = _checked_boxes(boxes, labels, input_line, source, unbounded)
     reads_inputs = any(row.inputs for conj in unsafe for row in conj)
     width = n_outputs + (n_inputs if reads_inputs else 0)
     conjuncts = []
@@ -394,9 +397,10 @@ def _checked_boxes(
     labels: Sequence[str],
     input_line: Sequence[int | None] | None,
     source: str,
+    unbounded: bool = False,
 ) -> list[tuple[np.ndarray, np.ndarray]]:
-    """Every input bounded on both sides; empty boxes (no input at all) are dropped."""
-    for lower, upper in boxes:
+    """Every input bounded on both sides (unless ``unbounded``); empty boxes (no input at all) are dropped."""
+    for lower, upper in [] if unbounded else boxes:
         for bound, what in ((lower, "lower"), (upper, "upper")):
             missing = np.flatnonzero(~np.isfinite(bound))
             if missing.size:

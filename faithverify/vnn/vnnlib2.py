@@ -317,11 +317,12 @@ def _label(name: str, shape: tuple[int, ...], flat: int) -> str:
     return f"{name}[{','.join(map(str, np.unravel_index(flat, shape)))}]" if shape else name
 
 
-def parse_query(text: str, source: str = "<string>") -> Query:
+def parse_query(text: str, source: str = "<string>", unbounded: bool = False) -> Query:
     """Parse VNN-LIB 2.0 text into a :class:`Query`; ``source`` names it in error messages.
 
     Raises :class:`VnnlibError` for a malformed query and :class:`VnnlibUnsupported` (a subclass) for a
-    well-formed one outside what faithverify decides.
+    well-formed one outside what faithverify decides. An input without a lower or upper bound is one of those,
+    unless ``unbounded`` (the box then has an infinite side).
     """
     package = _package()
     try:
@@ -418,7 +419,9 @@ def parse_query(text: str, source: str = "<string>") -> Query:
         dnf = or_dnf([and_dnf([rows(c) for c in conj], source, line) for conj in kept], source, line)
         dnfs.append((dnf, line))
     n_outputs = sum(n.n_outputs for n in networks)
-    boxes, unsafe = assemble(dnfs, len(labels), n_outputs, source, labels, lines, mixed=True)
+    boxes, unsafe = assemble(
+        dnfs, len(labels), n_outputs, source, labels, lines, mixed=True, unbounded=unbounded
+    )
     reads_inputs = unsafe[0].a.shape[1] != n_outputs
     shared = all(np.array_equal(input_index[n.name], np.arange(len(labels))) for n in networks)
     return Query(networks, boxes, unsafe, None if shared else input_index, reads_inputs)
@@ -430,6 +433,7 @@ def parse_vnnlib1_query(
     name: str,
     input_shape: tuple[int, ...] | None = None,
     output_shape: tuple[int, ...] | None = None,
+    unbounded: bool = False,
 ) -> Query:
     """A VNN-LIB 1.0 file (``X_i``, ``Y_j`` over one network's flattened input and output) as a one-network
     :class:`Query` on network ``name``; the shapes, when given, must hold as many values as are declared."""
@@ -442,7 +446,7 @@ def parse_vnnlib1_query(
                 f"the file declares {n} {what} variables; the network's {what} has {list(shape)}",
             )
     labels = [f"X_{i}" for i in range(n_in)]
-    boxes, unsafe = assemble(dnfs, n_in, n_out, source, labels, input_line, mixed=True)
+    boxes, unsafe = assemble(dnfs, n_in, n_out, source, labels, input_line, mixed=True, unbounded=unbounded)
     net = Network(name, "X", input_shape or (n_in,), "Y", output_shape or (n_out,), "real")
     return Query([net], boxes, unsafe, None, unsafe[0].a.shape[1] != n_out)
 
