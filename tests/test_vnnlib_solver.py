@@ -228,3 +228,32 @@ def test_unbounded_inputs_give_counterexamples_only(tmp_path: Path) -> None:
     assert lines[0] == "sat" and _values(lines, "X float32 [1,2]", 2)[1] >= 3.0
     # Never unsat: relu(X[0,1]) <= -1 is impossible, but the region is unbounded and bounds see a clipped box.
     assert _verify(tmp_path, head + "(assert (<= Y[0,1] -1.0))\n", f"N={path}") == ["unknown"]
+
+
+@pytest.mark.parametrize(
+    ("nodes", "x", "y", "inits"),
+    [
+        # Batched ([1, ...]) and whole-tensor inputs; every model is checked against onnxruntime as it loads.
+        ([helper.make_node("Slice", ["x", "c0", "c1", "c2"], ["y"])], [1, 3, 4], [1, 3, 3], [[1], [4], [2]]),
+        ([helper.make_node("Slice", ["x", "c0", "c1", "c2", "c3"], ["y"])], [5], [2], [[4], [0], [0], [-2]]),
+        ([helper.make_node("Gather", ["x", "c0"], ["y"], axis=1)], [1, 4], [1, 3], [np.array([3, 0, -1])]),
+        ([helper.make_node("Gather", ["x", "c0"], ["y"], axis=0)], [2, 3], [1, 3], [np.array([1])]),
+        ([helper.make_node("Unsqueeze", ["x", "c0"], ["y"])], [1, 3], [1, 3, 1], [[-1]]),
+        ([helper.make_node("Squeeze", ["x", "c0"], ["y"])], [1, 3, 1], [1, 3], [[2]]),
+        ([helper.make_node("Neg", ["x"], ["y"])], [3], [3], []),
+    ],
+)
+def test_selections_match_onnxruntime(
+    tmp_path: Path, nodes: list[onnx.NodeProto], x: list[int], y: list[int], inits: list[list[int]]
+) -> None:
+    consts = [np.asarray(v, dtype=np.int64) for v in inits]
+    graph = helper.make_graph(
+        nodes,
+        "g",
+        [helper.make_tensor_value_info("x", FLOAT, x)],
+        [helper.make_tensor_value_info("y", FLOAT, y)],
+        [numpy_helper.from_array(v, f"c{k}") for k, v in enumerate(consts)],
+    )
+    path = _save(tmp_path, "sel", helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]))
+    model = load_model(path, any_shape=True)
+    assert model.num_classes == int(np.prod(y)) and model.max_abs_diff == 0.0

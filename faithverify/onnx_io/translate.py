@@ -387,6 +387,104 @@ class _Translator:
         if training and bool(np.any(self.const(node.input[2], "Dropout", label))):
             raise _Unsupported("Dropout", label, "training_mode=True is not inference")
 
+    def neg(self, node: onnx.NodeProto, label: str, pos: int) -> None:
+        minus = -np.ones(self.shape)
+        self.affine(minus, np.zeros(self.shape), [ConstMul(self.full_rank(minus))], "Neg", label)
+
+    # -- selections: Slice, Gather, Squeeze, Unsqueeze move values, so they are exact 0/1 maps or reshapes --
+
+    def _axis(self, axis: int, op: str, label: str) -> int:
+        """The per-sample axis of an ONNX axis (normalised); the batch axis itself is refused."""
+        rank = len(self.shape) + (1 if self.batched else 0)
+        if not -rank <= axis < rank:
+            raise _Invalid(f"node {label!r} ({op}): axis {axis} is out of range for rank {rank}")
+        axis = axis + rank if axis < 0 else axis
+        if self.batched and axis == 0:
+            raise _Unsupported(op, label, "the operation acts on the batch axis")
+        return axis - (1 if self.batched else 0)
+
+    def _inputs_or_attr(self, node: onnx.NodeProto, k: int, attr: str, label: str) -> list[int] | None:
+        """Operand ``k`` (a constant) if given, else attribute ``attr`` (older opsets), else None."""
+        if len(node.input) > k and node.input[k]:
+            return [int(v) for v in self.const(node.input[k], node.op_type, label).reshape(-1)]
+        value = _attrs(node).get(attr)
+        return None if value is None else [int(v) for v in value]
+
+    def select(self, index: np.ndarray, op: str, label: str) -> None:
+        """The per-sample tensor's flat elements ``index`` (any shape): a 0/1 Linear on the flat input."""
+        if index.size == 0 or index.ndim == 0:
+            raise _Unsupported(op, label, "an empty or scalar result is not supported")
+        size = math.prod(self.shape)
+        self.reshape_to((size,), op, label)
+        weight = np.zeros((index.size, size))
+        weight[np.arange(index.size), index.reshape(-1)] = 1.0
+        self.append(_linear(weight, np.zeros(index.size)), op, label)
+        self.reshape_to(index.shape, op, label)
+
+    def slice(self, node: onnx.NodeProto, label: str, pos: int) -> None:
+        starts = self._inputs_or_attr(node, 1, "starts", label)
+        ends = self._inputs_or_attr(node, 2, "ends", label)
+        if starts is None or ends is None or len(starts) != len(ends):
+            raise _Invalid(f"node {label!r} (Slice): starts and ends must be given, of one length")
+        axes = self._inputs_or_attr(node, 3, "axes", label) or list(range(len(starts)))
+        steps = self._inputs_or_attr(node, 4, "steps", label) or [1] * len(starts)
+        index = np.arange(math.prod(self.shape)).reshape(self.shape)
+        for start, end, axis, step in zip(starts, ends, axes, steps, strict=True):
+            if step == 0:
+                raise _Invalid(f"node {label!r} (Slice): a step of 0")
+            rank = len(self.shape) + (1 if self.batched else 0)
+            full_axis = axis + rank if axis < 0 else axis
+            if self.batched and full_axis == 0:
+                if start in (0, -(2**63)) and end >= 2**31 - 1 and step == 1:
+                    continue  # the whole batch
+                raise _Unsupported("Slice", label, "slicing the batch axis is not supported")
+            ax = self._axis(axis, "Slice", label)
+            dim = index.shape[ax]
+            # ONNX's clamping (not Python's: a negative end of -1 after clamping means "before the first").
+            start, end = start + dim if start < 0 else start, end + dim if end < 0 else end
+            if step > 0:
+                start, end = min(max(start, 0), dim), min(max(end, 0), dim)
+            else:
+                start, end = min(max(start, 0), dim - 1), min(max(end, -1), dim - 1)
+            index = np.take(index, np.arange(start, end, step, dtype=np.int64), axis=ax)
+        self.select(index, "Slice", label)
+
+    def gather(self, node: onnx.NodeProto, label: str, pos: int) -> None:
+        if pos != 0:
+            raise _Unsupported("Gather", label, "the indices must be constant")
+        indices = self.const(node.input[1], "Gather", label).astype(np.int64)
+        ax = self._axis(int(_attrs(node).get("axis", 0)), "Gather", label)
+        dim = self.shape[ax]
+        if np.any(indices < -dim) or np.any(indices >= dim):
+            raise _Invalid(f"node {label!r} (Gather): an index is out of range for size {dim}")
+        index = np.arange(math.prod(self.shape)).reshape(self.shape)
+        self.select(np.take(index, np.where(indices < 0, indices + dim, indices), axis=ax), "Gather", label)
+
+    def squeeze(self, node: onnx.NodeProto, label: str, pos: int) -> None:
+        op = node.op_type
+        axes = self._inputs_or_attr(node, 1, "axes", label)
+        if axes is None:  # every axis of size 1: in a batched tensor that could be the batch axis too
+            if self.batched:
+                raise _Unsupported(op, label, "without axes it may remove the batch axis")
+            kept = [d for d in self.shape if d != 1]
+        elif op == "Squeeze":
+            gone = {self._axis(a, op, label) for a in axes}
+            if any(self.shape[a] != 1 for a in gone):
+                raise _Invalid(f"node {label!r} (Squeeze): an axis of size other than 1")
+            kept = [d for k, d in enumerate(self.shape) if k not in gone]
+        else:  # Unsqueeze: axes index the output, of rank len(input) + len(axes)
+            rank = len(self.shape) + (1 if self.batched else 0) + len(axes)
+            new = sorted(a + rank if a < 0 else a for a in axes)
+            if self.batched and 0 in new:
+                raise _Unsupported(op, label, "a new axis in front of the batch axis")
+            full: list[int] = [-1, *self.shape] if self.batched else list(self.shape)
+            for a in new:
+                full.insert(a, 1)
+            kept = full[1:] if self.batched else full
+        if not kept:
+            raise _Unsupported(op, label, "a scalar (rank-0) result is not supported")
+        self.reshape_to(tuple(kept), op, label)
+
     def conv(self, node: onnx.NodeProto, label: str, pos: int) -> None:
         attrs = _attrs(node)
         if pos != 0:
@@ -588,6 +686,11 @@ _HANDLERS: dict[str, Handler] = {
     "Flatten": _Translator.flatten,
     "Reshape": _Translator.reshape,
     "Transpose": _Translator.transpose_node,
+    "Neg": _Translator.neg,
+    "Slice": _Translator.slice,
+    "Gather": _Translator.gather,
+    "Squeeze": _Translator.squeeze,
+    "Unsqueeze": _Translator.squeeze,
 }
 
 # Operators a model may contain on its input-to-output path (plus Constant and shape arithmetic that folds to
