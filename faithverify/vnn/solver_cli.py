@@ -36,7 +36,7 @@ import torch
 from torch import nn
 
 from faithverify import __version__
-from faithverify.bounds.softmax import LOGIT_MARGIN, RELATIVE_MARGIN
+from faithverify.bounds.softmax import float_margin
 from faithverify.errors import FaithverifyError, ModelLoadError, UnsupportedOperatorError
 from faithverify.network import AffineOp
 from faithverify.onnx_io import LoadedModel, load_model, load_model_proto, run_onnxruntime
@@ -265,8 +265,9 @@ def _clipped(lower: np.ndarray, upper: np.ndarray) -> tuple[np.ndarray, np.ndarr
 
 def _exact_check(query: Query, problem: Problem, x: np.ndarray) -> bool:
     """For networks over the reals, onnxruntime's float32 outputs are not the semantics: the witness must
-    also hold in float64 with the margin the bounds allow for float32 rounding (``LOGIT_MARGIN`` per unit of
-    ``||a||_1`` plus ``RELATIVE_MARGIN * |b|``), so no rounding artefact is reported as a counterexample."""
+    also hold in float64 with the margin the bounds allow for float rounding (``float_margin``: a logit's
+    worth per unit of ``||a||_1`` plus a relative part), so no rounding artefact is reported as a
+    counterexample."""
     if all(net.dtype != "real" for net in query.networks):
         return True
     xs = torch.from_numpy(x.astype(np.float64)[None])
@@ -281,7 +282,7 @@ def _exact_check(query: Query, problem: Problem, x: np.ndarray) -> bool:
             parts.append(torch.softmax(z, dim=-1) if pn.probabilities else z)
     y = torch.cat(parts, dim=1)[0].numpy()
     for c in query.unsafe:
-        margin = LOGIT_MARGIN * np.abs(c.a).sum(axis=1) + RELATIVE_MARGIN * np.abs(c.b)
+        margin = float_margin(c.b, np.abs(c.a).sum(axis=1))  # type: ignore[arg-type]  # one weight per row
         if np.all(c.a @ y <= c.b - margin):
             return True
     return False
