@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import os
 import platform
+import shutil
 import sys
 import tempfile
 import time
@@ -149,6 +150,7 @@ def run(solver: str, timeout: float, only: list[str] | None, unclaimed: bool) ->
         return sorted(rows, key=lambda r: r.test), claims
     finally:
         os.chdir(previous)
+        shutil.rmtree(workdir, ignore_errors=True)
 
 
 def table(rows: list[Row], claims: dict, command: str, seconds: float, timeout: float) -> str:
