@@ -208,8 +208,10 @@ class NetworkBaB(ExactMethod):
         if start is not None:
             best, witness = self._evaluate(np.asarray(start, dtype=np.float64), w, best, witness)
         open_ = self._root_domains()
-        best, witness = self._bound_into(open_, spec, self.settings.iterations * 2, w, best, witness)
+        iterations = self.settings.iterations
+        best, witness = self._bound_into(open_, spec, iterations * 2, w, best, witness, deadline)
         bounded = 1
+        step = 0.0  # the last split-and-bound step's seconds: one that would end after the deadline is not started
         closed = -math.inf  # the largest bound of a closed domain
         history: list[tuple[float, float]] = []
         status = Status.OPTIMAL
@@ -229,7 +231,8 @@ class NetworkBaB(ExactMethod):
             if not len(open_):
                 status = Status.BOUND_BELOW_CUTOFF if levels and bound <= close_at else Status.OPTIMAL
                 break
-            if time.perf_counter() >= deadline or len(open_) > self.settings.max_domains:
+            began = time.perf_counter()
+            if began + step >= deadline or len(open_) > self.settings.max_domains:
                 status = Status.TIME_LIMIT  # out of time or of memory budget: the bound reached is sound
                 break
             # Split the worst domains (lowest lower bound of g = highest bound on the maximum).
@@ -242,10 +245,12 @@ class NetworkBaB(ExactMethod):
                 closed = max(closed, leaf_bound)
             if children is None:
                 open_ = rest
+                step = time.perf_counter() - began
                 continue
-            best, witness = self._bound_into(children, spec, self.settings.iterations, w, best, witness)
+            best, witness = self._bound_into(children, spec, iterations, w, best, witness, deadline)
             bounded += len(children)
             open_ = _Domains.cat([rest, children]) if len(rest) else children
+            step = time.perf_counter() - began
         bound = max(closed, float((-open_.bound).max()) if len(open_) else -math.inf)
         if math.isfinite(best):
             bound = max(bound, best)  # float rounding could put a bound a hair below a value taken
@@ -262,13 +267,20 @@ class NetworkBaB(ExactMethod):
         )
 
     def _bound_into(
-        self, d: _Domains, spec: Tensor, iterations: int, w: Tensor, best: float, witness: np.ndarray | None
+        self,
+        d: _Domains,
+        spec: Tensor,
+        iterations: int,
+        w: Tensor,
+        best: float,
+        witness: np.ndarray | None,
+        deadline: float = math.inf,
     ) -> tuple[float, np.ndarray | None]:
         """Bound the domains in place (never below the bound they hold already: a parent's) and look at their
-        primal vertices for a better incumbent."""
+        primal vertices for a better incumbent; past ``deadline`` (``time.perf_counter()``) with one iteration."""
         if self.settings.recompute_intermediate and any(bool((v != 0).any()) for v in d.split.values()):
             self._recompute(d)
-        lb, d.alpha, d.beta, d.lam, primal = self._bound(d, spec, iterations)
+        lb, d.alpha, d.beta, d.lam, primal = self._bound(d, spec, iterations, deadline)
         d.bound = torch.maximum(lb, d.bound)
         return self._evaluate_tensor(primal, w, best, witness)
 
@@ -306,10 +318,11 @@ class NetworkBaB(ExactMethod):
         return LayerBounds(pre, relax)
 
     def _bound(
-        self, d: _Domains, spec: Tensor, iterations: int
+        self, d: _Domains, spec: Tensor, iterations: int, deadline: float = math.inf
     ) -> tuple[Tensor, dict[int, Tensor], dict[int, Tensor], dict[int, Tensor], Tensor]:
         """beta-CROWN lower bounds of ``spec · z`` on each domain, the optimised multipliers, the branching
-        coefficients and each domain's minimising box vertex."""
+        coefficients and each domain's minimising box vertex. Every iteration's bound is sound: past ``deadline``
+        the best one so far is kept (at least one is always computed)."""
         m = len(d)
         box = Box(self.box.center.expand(m, -1), self.box.radius.expand(m, -1))
         layers = self._layers(d)
@@ -327,6 +340,8 @@ class NetworkBaB(ExactMethod):
         optimizer = torch.optim.Adam(params)
         with torch.enable_grad():
             for it in range(max(1, iterations)):
+                if it > 0 and time.perf_counter() >= deadline:
+                    break
                 extra = {k: -beta[k] * signs[k] for k in beta} if has_split else None
                 lb = crown.final_bound(self.net, box, spec_m, layers, alpha, extra)[:, 0]
                 with torch.no_grad():

@@ -110,9 +110,15 @@ class NetworkBounder:
         self._cols = np.array([j for _, j in pairs], dtype=np.int64)
 
     def bound(
-        self, lower: torch.Tensor, upper: torch.Tensor, spec: torch.Tensor, method: BoundMethod
+        self,
+        lower: torch.Tensor,
+        upper: torch.Tensor,
+        spec: torch.Tensor,
+        method: BoundMethod,
+        deadline: float | None = None,
     ) -> SpecBounds:
-        """Lower bounds of ``spec · z`` (``spec``: ``[R, C]``) for flat boxes ``[N, D]``."""
+        """Lower bounds of ``spec · z`` (``spec``: ``[R, C]``) for flat boxes ``[N, D]``; alpha-CROWN's iterations
+        stop by ``deadline`` (``time.monotonic()``)."""
         lower = lower.to(device=self.device, dtype=self.dtype).reshape(len(lower), -1)
         upper = upper.to(device=self.device, dtype=self.dtype).reshape(len(upper), -1)
         spec = spec.to(device=self.device, dtype=self.dtype)
@@ -127,15 +133,20 @@ class NetworkBounder:
                 lb, layers = crown.crown(self.network, box, spec)
                 return SpecBounds(lb.cpu().double(), layers)
         result = crown.alpha_crown(
-            self.network, box, spec, iterations=self.alpha_iterations, lr=self.alpha_lr
+            self.network, box, spec, iterations=self.alpha_iterations, lr=self.alpha_lr, deadline=deadline
         )
         return SpecBounds(result.lower.cpu().double(), result.layers)
 
     def linear_lower_bounds(
-        self, lower: torch.Tensor, upper: torch.Tensor, spec: torch.Tensor, method: BoundMethod
+        self,
+        lower: torch.Tensor,
+        upper: torch.Tensor,
+        spec: torch.Tensor,
+        method: BoundMethod,
+        deadline: float | None = None,
     ) -> torch.Tensor:
         """Lower bounds ``[N, R]`` on ``spec · z`` (``spec``: ``[R, C]``, any linear forms of the logits)."""
-        return self.bound(lower, upper, spec, method).lower
+        return self.bound(lower, upper, spec, method, deadline).lower
 
     def pair_lower_bounds(
         self, lower: torch.Tensor, upper: torch.Tensor, method: BoundMethod

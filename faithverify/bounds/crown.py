@@ -369,8 +369,13 @@ def alpha_crown(
     looser than CROWN)."""
     dtype = box.center.dtype
     optimize_dtype = optimize_dtype or dtype
+    began = time.monotonic()
     base_layers, rows = intermediate_bounds(net, box)
     base = final_bound(net, box, spec, base_layers)
+    # An iteration is not started when it (as long as the last one; at first, twice this CROWN pass: it also
+    # goes backwards) and the final pass after the loop (as long as this one) would end after the deadline.
+    final = time.monotonic() - began
+    step = 2 * final
     if iterations <= 0 or not base_layers.relax.relu:
         return AlphaResult(base, base_layers, {})
     fast_net, fast_box = net.to(optimize_dtype), box.to(optimize_dtype)
@@ -390,12 +395,13 @@ def alpha_crown(
     fixed = None if optimize_intermediate else best
     trusted = optimize_dtype == dtype  # every iteration's bounds are sound: keep the best of each
     best_final = base.clone()
-    step = 0.0  # the last iteration's seconds: one that would end after the deadline is not started
+    done = 0
     with torch.enable_grad():
         for _ in range(iterations):
             began = time.monotonic()
-            if deadline is not None and began + step >= deadline:
+            if deadline is not None and began + step + final >= deadline:
                 break
+            done += 1
             layers, _ = intermediate_bounds(
                 fast_net, fast_box, rows=rows, alpha=alpha, best=best, fixed=fixed
             )
@@ -412,6 +418,8 @@ def alpha_crown(
                     t.clamp_(0.0, 1.0)
                 best = {k: (b[0].detach(), b[1].detach()) for k, b in layers.pre.items()}
             step = time.monotonic() - began
+    if done == 0:  # out of time before the first iteration: CROWN's bounds, without another pass
+        return AlphaResult(base, base_layers, {})
     # The answer: one more pass with the final slopes, in the caller's dtype (a lower-precision optimisation's
     # bounds are never trusted), and the best bound of every row met on the way; never looser than CROWN.
     with torch.no_grad():

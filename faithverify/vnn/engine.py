@@ -279,9 +279,13 @@ def _single_logits_network(query: Problem, row: np.ndarray) -> int | None:
 
 
 def _row_lower_bound(
-    query: Problem, bounds: _BoxBounds, box: tuple[np.ndarray, np.ndarray], row: np.ndarray
+    query: Problem,
+    bounds: _BoxBounds,
+    box: tuple[np.ndarray, np.ndarray],
+    row: np.ndarray,
+    deadline: float | None = None,
 ) -> float:
-    """A sound lower bound on ``row · y`` over the box."""
+    """A sound lower bound on ``row · y`` over the box (alpha-CROWN's iterations stopped by ``deadline``)."""
     interval = float(np.sum(np.where(row > 0, row * bounds.out_lower, row * bounds.out_upper)))
     k = _single_logits_network(query, row)
     if k is None:
@@ -289,7 +293,7 @@ def _row_lower_bound(
     part = query.slices()[k]
     spec = torch.from_numpy(row[part][None].astype(np.float64))
     lo, hi = (torch.from_numpy(v)[None] for v in box)
-    lower = bounds.bounders[k].linear_lower_bounds(lo, hi, spec, BoundMethod.ALPHA_CROWN)[0].numpy()
+    lower = bounds.bounders[k].linear_lower_bounds(lo, hi, spec, BoundMethod.ALPHA_CROWN, deadline)[0].numpy()
     direct = float(_widen(lower, float(np.abs(row[part]).sum()))[0])
     return max(direct, interval)
 
@@ -336,6 +340,9 @@ def verify(
 
     open_boxes: list[tuple[tuple[np.ndarray, np.ndarray], list[int], _BoxBounds]] = []
     pair_delta = _pair_faithfulness_delta(query)
+    # How long one CROWN pass over the networks takes: building an exact solver costs at least that much (its
+    # root bounds), so one is not started with less time left.
+    crown_seconds = 0.0
     for box in query.boxes:
         with torch_threads(1):
             found = _attack(query, *box, attack_steps, restarts, seed, deadline)
@@ -343,7 +350,9 @@ def verify(
             return answer(Outcome.SAT, "attack", x=found[0], y=found[1])
         if time.monotonic() > deadline:
             return answer(Outcome.TIMEOUT, "attack", "out of time in the attack")
+        began = time.monotonic()
         bounds = _box_bounds(query, *box)
+        crown_seconds = max(crown_seconds, time.monotonic() - began)
         if pair_delta is not None and _pair_screen(bounds, box, deadline) < pair_delta:
             continue  # the pair's faithfulness property holds on this box: FaithUB < delta
         remaining = []
@@ -351,7 +360,9 @@ def verify(
             # Each row's alpha-CROWN bound takes a while on a large network: the deadline is checked between.
             if time.monotonic() > deadline:
                 return answer(Outcome.TIMEOUT, "crown", "out of time in CROWN")
-            refuted = any(_row_lower_bound(query, bounds, box, a[k]) - b[k] > 0 for k in range(len(b)))
+            refuted = any(
+                _row_lower_bound(query, bounds, box, a[k], deadline) - b[k] > 0 for k in range(len(b))
+            )
             if not refuted:
                 remaining.append(index)
         if remaining:
@@ -363,12 +374,12 @@ def verify(
     delta = _pair_faithfulness_delta(query)
     for box, remaining, bounds in open_boxes:
         left = deadline - time.monotonic()
-        if left <= 0:
+        if left <= crown_seconds:
             return answer(Outcome.TIMEOUT, "milp", "out of time before the MILP")
         if delta is not None:
             outcome = _refine_pair(query, box, bounds, delta, solver, left)
         else:
-            outcome, found = _refine_rows(query, box, remaining, solver, deadline)
+            outcome, found = _refine_rows(query, box, remaining, solver, deadline, crown_seconds)
             if found is not None:
                 return answer(Outcome.SAT, "milp", x=found[0], y=found[1])
         if outcome is not Outcome.UNSAT:
@@ -413,8 +424,10 @@ def _refine_rows(
     remaining: list[int],
     solver: Solver,
     deadline: float,
+    build_seconds: float = 0.0,
 ) -> tuple[Outcome, tuple[np.ndarray, np.ndarray] | None]:
-    """Refute each open conjunction by one of its rows on a single network's logits, solved exactly."""
+    """Refute each open conjunction by one of its rows on a single network's logits, solved exactly (no solver
+    is built with less than ``build_seconds`` left)."""
     milps: dict[int, ExactSolver] = {}
     for index in remaining:
         a, b = query.unsafe[index]
@@ -423,7 +436,7 @@ def _refine_rows(
             net_index = _single_logits_network(query, a[k])
             if net_index is None:
                 continue
-            if time.monotonic() >= deadline:
+            if time.monotonic() + (0.0 if net_index in milps else build_seconds) >= deadline:
                 return Outcome.TIMEOUT, None
             if net_index not in milps:
                 net = query.networks[net_index]
