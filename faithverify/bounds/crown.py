@@ -389,6 +389,8 @@ def alpha_crown(
     end = len(net.layers)
     alpha[end] = _init_alpha(base_layers.relax, n_spec, _relu_layers_before(net, end), optimize_dtype)
     params = [t for per in alpha.values() for t in per.values()]
+    if not params:  # no ReLU before any bounded row (a network that opens with one): nothing to optimise
+        return AlphaResult(base, base_layers, {})
     optimizer = torch.optim.Adam(params, lr=lr)
     scheduler = torch.optim.lr_scheduler.ExponentialLR(optimizer, lr_decay)
     best = {k: (lo.to(optimize_dtype), hi.to(optimize_dtype)) for k, (lo, hi) in base_layers.pre.items()}
