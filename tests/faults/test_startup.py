@@ -16,10 +16,11 @@ from tests.faults.harness import INTERRUPTED, Workspace
 
 PROBE = """
 import sys
-from faithverify.entry import faithverify
-sys.argv = ["faithverify", *sys.argv[1:]]
+from faithverify import entry
+program = getattr(entry, sys.argv[1])
+sys.argv = [sys.argv[1], *sys.argv[2:]]
 try:
-    faithverify()
+    program()
 except SystemExit:
     pass
 print("TORCH LOADED" if "torch" in sys.modules else "NO TORCH", file=sys.stderr)
@@ -28,7 +29,16 @@ print("TORCH LOADED" if "torch" in sys.modules else "NO TORCH", file=sys.stderr)
 
 @pytest.mark.parametrize(
     "argv",
-    [["--help"], ["certify", "--help"], ["bench", "--help"], ["recipes"], ["summary", "{results}"]],
+    [
+        ["faithverify", "--help"],
+        ["faithverify", "certify", "--help"],
+        ["faithverify", "bench", "--help"],
+        ["faithverify", "recipes"],
+        ["faithverify", "summary", "{results}"],
+        ["faithverify_vnnlib", "--help"],
+        ["faithverify_vnnlib", "--name"],
+        ["faithverify_vnnlib", "supports", "--vnnlib-versions"],
+    ],
     ids=lambda a: " ".join(a),
 )
 def test_light_commands_do_not_load_torch(argv: list[str], workspace: Workspace) -> None:
