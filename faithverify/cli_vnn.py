@@ -11,6 +11,7 @@ from faithverify.cli_support import (
     data_options,
     domain_option,
     eps_list_option,
+    note_on_interrupt,
     output_option,
     quiet_option,
     reports_errors,
@@ -195,6 +196,9 @@ def bench(
 
     results_dir = results_dir or default_results_dir(summary)
     total = len(read_instances(instances))
+    note_on_interrupt(
+        f"the finished instances are in {summary}; run the same command with --resume to finish"
+    )
     counts: Counter[str] = Counter()
     seconds = 0.0
     runs = run_suite(
