@@ -191,10 +191,16 @@ def bench(
     from faithverify.executors import ExecutorSpec, import_ray
     from faithverify.vnn.bench import default_results_dir, read_instances, run_suite
 
+    if str(summary) == "-":
+        raise click.BadParameter(
+            "the summary is a CSV file written as instances finish: give a file name", param_hint="--out"
+        )
     if ray_address is not None:
         import_ray(local=ray_address == "local")  # a missing extra is one line, before anything is written
 
     results_dir = results_dir or default_results_dir(summary)
+    if not resume and _has_content(summary):
+        click.echo(f"note: replacing the results in {summary} (--resume keeps them)", err=True)
     total = len(read_instances(instances))
     note_on_interrupt(
         f"the finished instances are in {summary}; run the same command with --resume to finish"
@@ -249,6 +255,8 @@ def verify_instance(
     from faithverify.vnn.vnnlib import write_text_atomic
 
     _finite_timeout(timeout)
+    if result is not None and str(result) == "-":
+        result = None  # "-" is stdout, where the answer goes without --result
     if result is not None:
         check_writable(result, "--result")  # before the instance runs, not after
     answer = run_instance(onnx_file, vnnlib_file, timeout, solver=Solver(solver))
@@ -265,3 +273,11 @@ def verify_instance(
     except OSError as exc:
         raise ResultsFileError(f"cannot write --result {result}: {exc.strerror or exc}") from None
     click.echo(f"{answer.outcome.value} in {answer.seconds:.2f} s -> {result}")
+
+
+def _has_content(path: Path) -> bool:
+    """A non-empty file is there (a path the file system cannot even look up is not: it fails later, named)."""
+    try:
+        return path.is_file() and path.stat().st_size > 0
+    except OSError:
+        return False

@@ -390,6 +390,7 @@ def _resumed(runs: int) -> Callable[[Path], None]:
 
 
 OUTPUTS_AND_RESUME = [
+    bad("out-dash", ["bench", "{suite}", "--out", "-"], ["file name"], not_written=["-", "--files"]),
     bad(
         "out-under-a-file",
         ["bench", "{suite}", "--out", "{file}/out.csv"],
@@ -518,6 +519,7 @@ def _result_file(outcome: str) -> Callable[[Path], None]:
 
 
 VERIFY_INSTANCE = [
+    ran("vi-result-dash-is-stdout", [*VERIFY, "--result", "-"], None, not_written=["-"]),
     bad("vi-result-under-a-file", [*VERIFY, "--result", "{file}/r.txt"], ["is a file"], make=_file("f.txt")),
     bad("vi-result-name-too-long", [*VERIFY, "--result", f"{{tmp}}/{LONG}.txt"], ["too long"]),
     bad("vi-result-is-a-folder", [*VERIFY, "--result", "{tmp}"], ["directory"]),

@@ -142,3 +142,84 @@ def test_interrupt_then_resume_equals_an_uninterrupted_run(
     assert sorted(indices) == sorted(baseline), "a record was lost or duplicated"
     for record in records:
         _same(record, baseline[int(record["index"])])  # type: ignore[call-overload]
+
+
+@pytest.fixture(scope="module")
+def suite(run_args: list[str], tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The same pair and points as a VNN-COMP suite: 12 instances, most answered in a fraction of a second."""
+    d = tmp_path_factory.mktemp("suite")
+    teacher, student, data = run_args[1], run_args[2], run_args[4]
+    cmd = [sys.executable, "-m", "faithverify.cli", "export-vnn", teacher, student, "--data", data, "--eps", "0.2",
+           "--delta", "0.11", "--timeout", "3", "-o", str(d)]  # fmt: skip
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    return d / "instances.csv"
+
+
+def _rows(path: Path) -> dict[str, str]:
+    lines = path.read_text().splitlines()
+    header = lines[0].split(",")
+    rows = [dict(zip(header, line.split(","), strict=False)) for line in lines[1:]]
+    return {r["vnnlib"]: r["result"] for r in rows}
+
+
+def _bench(suite: Path, out: Path, *extra: str) -> subprocess.Popen[str]:
+    cmd = [
+        sys.executable,
+        "-m",
+        "faithverify.cli",
+        "bench",
+        str(suite),
+        "--out",
+        str(out),
+        "--solver",
+        "highs",
+        *extra,
+    ]
+    return subprocess.Popen(
+        cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True
+    )
+
+
+@pytest.fixture(scope="module")
+def bench_reference(suite: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    out = tmp_path_factory.mktemp("bench") / "ref.csv"
+    reference = _bench(suite, out)
+    _, err = reference.communicate(timeout=600)
+    assert reference.returncode == 0, err
+    return _rows(out)
+
+
+def _agree(got: dict[str, str], expected: dict[str, str]) -> None:
+    """Decided answers agree; an instance that ran out of time may be undecided in one run only."""
+    for key, answer in got.items():
+        if "timeout" in (answer, expected[key]) or "unknown" in (answer, expected[key]):
+            assert {answer, expected[key]} != {"sat", "unsat"}
+        else:
+            assert answer == expected[key], key
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGKILL], ids=lambda s: s.name)
+def test_interrupted_bench_resumes_to_the_same_answers(
+    suite: Path, bench_reference: dict[str, str], tmp_path: Path, sig: signal.Signals
+) -> None:
+    assert len(bench_reference) == 12
+    out = tmp_path / "r.csv"
+    proc = _bench(suite, out)
+    deadline = time.monotonic() + 120
+    while _lines(out) < 3 and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    if proc.poll() is None:
+        os.killpg(proc.pid, sig)
+    _, err = proc.communicate(timeout=60)
+    if proc.returncode == 0:
+        pytest.skip("the suite finished before the signal arrived")
+    if sig is signal.SIGINT:
+        assert proc.returncode == INTERRUPTED, err
+        assert [line for line in err.splitlines() if line.startswith("interrupted:")], err
+    _agree(_rows(out) if out.exists() else {}, bench_reference)  # nothing false was written
+    resumed = _bench(suite, out, "--resume")
+    _, err = resumed.communicate(timeout=600)
+    assert resumed.returncode == 0, err
+    assert len(out.read_text().splitlines()) == 1 + 12, "a row was lost or duplicated"
+    _agree(_rows(out), bench_reference)
