@@ -25,6 +25,7 @@ from faithverify.cli_support import (
     data_options,
     domain_option,
     eps_list_option,
+    executor_options,
     note_on_interrupt,
     output_option,
     quiet_option,
@@ -35,7 +36,6 @@ from faithverify.cli_support import (
 )
 from faithverify.cli_train import distill, recipes, train_teacher
 from faithverify.cli_vnn import bench, export_vnn, verify_instance
-from faithverify.executors import RAY_OPTION_HELP
 from faithverify.methods import BoundMethod, Device, Refiner
 
 if TYPE_CHECKING:
@@ -126,14 +126,7 @@ def main() -> None:
     dest="milp_timeout",
     at_least=0.1,
 )
-@click.option(
-    "--jobs",
-    type=click.IntRange(min=1),
-    default=1,
-    show_default=True,
-    help="Processes for the MILP stage (points are refined in parallel).",
-)
-@click.option("--ray", "ray_address", metavar="ADDRESS", default=None, help=RAY_OPTION_HELP)
+@executor_options("Processes for the refinement stage (points are refined in parallel).")
 @click.option(
     "--alpha-iterations",
     type=click.IntRange(min=1),

@@ -285,6 +285,16 @@ def attack_options(seed: str) -> Callable[[F], F]:
     )
 
 
+def executor_options(jobs_help: str) -> Callable[[F], F]:
+    """``--jobs`` and ``--ray`` (as ``ray_address``): where the expensive tasks run (faithverify.executors)."""
+    from faithverify.executors import RAY_OPTION_HELP
+
+    return compose(
+        click.option("--jobs", type=click.IntRange(min=1), default=1, show_default=True, help=jobs_help),
+        click.option("--ray", "ray_address", metavar="ADDRESS", default=None, help=RAY_OPTION_HELP),
+    )
+
+
 def summary_options(func: F) -> F:
     """``--json`` (as ``as_json``) and ``--csv`` (as ``csv_path``) for the summary table of a results file."""
     return compose(

@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 
 import click
 
 from faithverify.cli_support import (
+    FiniteFloatRange,
     data_options,
     domain_option,
     eps_list_option,
+    executor_options,
     note_on_interrupt,
     output_option,
     quiet_option,
@@ -18,20 +19,6 @@ from faithverify.cli_support import (
     solver_option,
     timeout_option,
 )
-from faithverify.executors import RAY_OPTION_HELP
-
-
-def _finite(_ctx: click.Context, param: click.Parameter, value: float | None) -> float | None:
-    """A number option must be finite: click's ranges let nan and inf through."""
-    if value is not None and not math.isfinite(value):
-        raise click.BadParameter(f"{value} is not a finite number")
-    return value
-
-
-def _finite_timeout(timeout: float) -> None:
-    """``--timeout`` (shared with other commands) is checked here: nan and inf pass click's range."""
-    if not math.isfinite(timeout):
-        raise click.BadParameter(f"{timeout} is not a number of seconds", param_hint="'--timeout'")
 
 
 @click.command("export-vnn")
@@ -43,9 +30,8 @@ def _finite_timeout(timeout: float) -> None:
 @eps_list_option("L-inf radius of the input box; repeat for several. One instance per point and eps.")
 @click.option(
     "--delta",
-    type=click.FloatRange(0.0, 1.0),
+    type=FiniteFloatRange(0.0, 1.0),
     required=True,
-    callback=_finite,
     help="Threshold on the confidence gap: an instance is unsafe (sat) where some class's probabilities "
     "differ by at least DELTA.",
 )
@@ -90,7 +76,6 @@ def export_vnn(
     from faithverify.vnn.bench import check_writable_dir
     from faithverify.vnn.export import GAP_MODEL, INSTANCES, STUDENT_MODEL, TEACHER_MODEL, export_suite
 
-    _finite_timeout(timeout)
     check_writable_dir(output, "-o")
     source = sample_beside(teacher, data_source)
     pair = load_pair(teacher, student, domain=domain)
@@ -142,19 +127,11 @@ def export_vnn(
 @click.option("--no-milp", is_flag=True, help="Attack and CROWN only: fast, and more answers are unknown.")
 @click.option(
     "--timeout-cap",
-    type=click.FloatRange(min=0, min_open=True),
+    type=FiniteFloatRange(min=0, min_open=True),
     default=None,
-    callback=_finite,
     help="Use at most this many seconds per instance, whatever instances.csv says.",
 )
-@click.option(
-    "--jobs",
-    type=click.IntRange(min=1),
-    default=1,
-    show_default=True,
-    help="Instances run at a time, each in its own process (with --ray local: Ray's CPUs).",
-)
-@click.option("--ray", "ray_address", metavar="ADDRESS", default=None, help=RAY_OPTION_HELP)
+@executor_options("Instances run at a time, each in its own process (with --ray local: Ray's CPUs).")
 @quiet_option()
 @reports_errors
 def bench(
@@ -254,7 +231,6 @@ def verify_instance(
     from faithverify.vnn.instance import format_result
     from faithverify.vnn.vnnlib import write_text_atomic
 
-    _finite_timeout(timeout)
     if result is not None and str(result) == "-":
         result = None  # "-" is stdout, where the answer goes without --result
     if result is not None:
