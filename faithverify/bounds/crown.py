@@ -38,6 +38,7 @@ from __future__ import annotations
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -45,9 +46,9 @@ from torch import Tensor
 from faithverify.bounds.relax import MaxPoolRelaxation, ReluRelaxation
 from faithverify.bounds.torchnet import Affine, BoundNetwork, MaxPool, Relu
 
-# Points per chunk when forming |A W_0|: rows x inputs x chunk numbers stay around 32 MB of float64 on the CPU
-# (in cache), 2 GB on a GPU (few, large kernels).
-_CHUNK_ELEMENTS = 4_000_000
+# Points per chunk when forming |A W_0|: rows x inputs x chunk numbers stay around 4 MB of float64 on the CPU
+# (in a core's cache: 32 MB chunks were 3-4 times slower on a 2-core EPYC), 2 GB on a GPU (few, large kernels).
+_CHUNK_ELEMENTS = 500_000
 _GPU_CHUNK_ELEMENTS = 1 << 28
 
 Bounds = tuple[Tensor, Tensor]
@@ -177,15 +178,59 @@ def concretize(net: BoundNetwork, coeffs: Tensor, const: Tensor, box: Box) -> Te
         return _over_box(coeffs, box) + const + c
     mid = first.forward(box.center)  # W_0 x_c + b_0
     centre_term = (coeffs @ mid.unsqueeze(-1)).squeeze(-1)
-    n, rows, _ = coeffs.shape
+    if first.weight.layout == torch.strided and not (first.weight.requires_grad or box.radius.requires_grad):
+        radius_term = _RadiusTerm.apply(coeffs, first.weight, box.radius)
+    else:
+        radius_term = _radius_term(coeffs, first, box.radius)
+    return const + centre_term - radius_term
+
+
+def _chunk(coeffs: Tensor, width: int) -> int:
     budget = _CHUNK_ELEMENTS if coeffs.device.type == "cpu" else _GPU_CHUNK_ELEMENTS
-    chunk = max(1, budget // max(1, rows * first.in_size))
+    return max(1, budget // max(1, coeffs.shape[1] * width))
+
+
+def _radius_term(coeffs: Tensor, first: Affine, radius: Tensor) -> Tensor:
+    """``|coeffs W_0| r`` through autograd (any layout of ``W_0``)."""
+    chunk = _chunk(coeffs, first.in_size)
     parts = []
-    for s in range(0, n, chunk):
+    for s in range(0, len(coeffs), chunk):
         full = first.back(coeffs[s : s + chunk])  # [chunk, R, D]
         full = full.abs() if full.requires_grad else full.abs_()
-        parts.append((full @ box.radius[s : s + chunk].unsqueeze(-1)).squeeze(-1))
-    return const + centre_term - torch.cat(parts)
+        parts.append((full @ radius[s : s + chunk].unsqueeze(-1)).squeeze(-1))
+    return torch.cat(parts)
+
+
+class _RadiusTerm(torch.autograd.Function):
+    """``|A W_0| r`` (``A``: ``[N, R, m]``, dense ``W_0``: ``[m, D]``, ``r``: ``[N, D]``) and its gradient in
+    ``A``, chunk by chunk: autograd would keep every ``[N, R, D]`` product (and ``|.|``'s sign) alive until the
+    backward pass, out of cache; here the backward pass forms each chunk's product again (a cheap matrix
+    product with ``m`` small) while it is in cache. The gradient in ``A`` is ``g (sign(A W_0) ⊙ r) W_0^T``."""
+
+    @staticmethod
+    def forward(ctx: Any, coeffs: Tensor, weight: Tensor, radius: Tensor) -> Tensor:
+        ctx.save_for_backward(coeffs, weight, radius)
+        n, rows, m = coeffs.shape
+        out = coeffs.new_empty(n, rows)
+        chunk = _chunk(coeffs, weight.shape[1])
+        for s in range(0, n, chunk):
+            e = min(n, s + chunk)
+            full = (coeffs[s:e].reshape(-1, m) @ weight).abs_().reshape(e - s, rows, -1)
+            torch.bmm(full, radius[s:e].unsqueeze(-1), out=out[s:e].unsqueeze(-1))
+        return out
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, None, None]:
+        coeffs, weight, radius = ctx.saved_tensors
+        n, rows, m = coeffs.shape
+        out = torch.empty_like(coeffs)
+        chunk = _chunk(coeffs, weight.shape[1])
+        for s in range(0, n, chunk):
+            e = min(n, s + chunk)
+            full = (coeffs[s:e].reshape(-1, m) @ weight).reshape(e - s, rows, -1)
+            torch.copysign(radius[s:e].unsqueeze(1).expand_as(full), full, out=full)
+            torch.mm(full.reshape(-1, full.shape[-1]), weight.T, out=out[s:e].view(-1, m))
+        return out.mul_(grad.unsqueeze(-1)), None, None
 
 
 def _over_box(coeffs: Tensor, box: Box) -> Tensor:
@@ -250,13 +295,15 @@ def intermediate_bounds(
     alpha: dict[int, dict[int, Tensor]] | None = None,
     best: dict[int, Bounds] | None = None,
     fixed: dict[int, Bounds] | None = None,
+    raw: dict[int, Tensor] | None = None,
 ) -> tuple[LayerBounds, dict[int, LayerRows]]:
     """CROWN bounds on the input of every nonlinear layer, front to back (module docstring).
 
     ``rows``: which neurons get CROWN rows per layer (default: those the interval reference leaves undecided);
     ``alpha[k][j]``: lower slopes of ReLU layer ``j`` for layer ``k``'s rows; ``best``: sound bounds known
-    already, intersected in; ``fixed``: layers whose bounds are given and not recomputed. Returns the bounds
-    and the rows used.
+    already, intersected in; ``fixed``: layers whose bounds are given and not recomputed; ``raw``, when given,
+    receives each layer's row bounds (``[N, 2K]`` lower bounds of ``±e_n``) before any intersection. Returns the
+    bounds and the rows used.
     """
     relax = Relaxations()
     pre: dict[int, Bounds] = {}
@@ -279,6 +326,8 @@ def intermediate_bounds(
                     both = lower_bound(
                         net, start_rows, k, relax, box, None if alpha is None else alpha.get(k)
                     )
+                    if raw is not None:
+                        raw[k] = both
                     current = plan.merge(current, both, intersect=alpha is not None or best is not None)
             pre[k] = current
             relax.add(net, k, current)
@@ -397,6 +446,11 @@ def alpha_crown(
     fixed = None if optimize_intermediate else best
     trusted = optimize_dtype == dtype  # every iteration's bounds are sound: keep the best of each
     best_final = base.clone()
+    # In a lower precision no bound met on the way is sound, so each row keeps instead the slopes that gave its
+    # best bound, and the final pass recomputes every row from them.
+    chosen: dict[int, dict[int, Tensor]] = {}
+    chosen_value: dict[int, Tensor] = {}
+    raw: dict[int, Tensor] | None = None if trusted else {}
     done = 0
     with torch.enable_grad():
         for _ in range(iterations):
@@ -405,11 +459,14 @@ def alpha_crown(
                 break
             done += 1
             layers, _ = intermediate_bounds(
-                fast_net, fast_box, rows=rows, alpha=alpha, best=best, fixed=fixed
+                fast_net, fast_box, rows=rows, alpha=alpha, best=best, fixed=fixed, raw=raw
             )
             lb = final_bound(fast_net, fast_box, fast_spec, layers, alpha[end])
             if trusted:
                 best_final = torch.maximum(best_final, lb.detach())
+            else:
+                assert raw is not None
+                _keep_best_slopes(alpha, {**raw, end: lb}, chosen, chosen_value)
             loss = -lb.sum()
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -425,13 +482,38 @@ def alpha_crown(
     # The answer: one more pass with the final slopes, in the caller's dtype (a lower-precision optimisation's
     # bounds are never trusted), and the best bound of every row met on the way; never looser than CROWN.
     with torch.no_grad():
-        slopes = {k: {j: t.detach().to(dtype) for j, t in per.items()} for k, per in alpha.items()}
+        source = alpha if trusted else {k: chosen.get(k, per) for k, per in alpha.items()}
+        slopes = {k: {j: t.detach().to(dtype) for j, t in per.items()} for k, per in source.items()}
         layers = base_layers
         if optimize_intermediate:
             known = best if trusted else base_layers.pre
             layers, _ = intermediate_bounds(net, box, rows=rows, alpha=slopes, best=known)
         lb = torch.maximum(final_bound(net, box, spec, layers, slopes[end]), best_final)
     return AlphaResult(lb, layers, slopes[end])
+
+
+def _keep_best_slopes(
+    alpha: dict[int, dict[int, Tensor]],
+    values: dict[int, Tensor],
+    chosen: dict[int, dict[int, Tensor]],
+    chosen_value: dict[int, Tensor],
+) -> None:
+    """For every row (``values[k]``: ``[N, R]`` bounds of layer ``k``'s rows with the slopes ``alpha[k]``), the
+    slopes of its best bound so far."""
+    with torch.no_grad():
+        for k, value in values.items():
+            if k not in alpha:
+                continue
+            value = value.detach()
+            if k not in chosen:
+                chosen[k] = {j: t.detach().clone() for j, t in alpha[k].items()}
+                chosen_value[k] = value.clone()
+                continue
+            better = value > chosen_value[k]
+            chosen_value[k] = torch.where(better, value, chosen_value[k])
+            mask = better.unsqueeze(-1)
+            for j, t in alpha[k].items():
+                chosen[k][j] = torch.where(mask, t.detach(), chosen[k][j])
 
 
 def batches(n: int, size: int) -> Iterator[tuple[int, int]]:
