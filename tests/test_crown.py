@@ -108,14 +108,19 @@ def test_cnn_with_max_pool_is_sound(eps: float) -> None:
     assert torch.all(final >= ibp - 1e-9)
 
 
+@pytest.mark.parametrize("optimize_dtype", [None, torch.float32])
 @pytest.mark.parametrize("seed", [0, 1, 2])
-def test_alpha_crown_is_sound_and_never_looser_than_crown(seed: int) -> None:
+def test_alpha_crown_is_sound_and_never_looser_than_crown(
+    seed: int, optimize_dtype: torch.dtype | None
+) -> None:
+    """In float64, and with the slopes optimised in float32 (the screening path) and every bound recomputed."""
     body = random_mlp(seed, [12, 16, 16, 16, 5], scale=1.3).double()
     x = torch.rand(20, 12, dtype=torch.float64, generator=torch.Generator().manual_seed(seed))
     lower, upper = (x - 0.15).clamp(0, 1), (x + 0.15).clamp(0, 1)
     net, box, spec = _net(body, 12), Box.of(lower, upper), pair_specification(5)
     base, _ = crown.crown(net, box, spec)
-    result = crown.alpha_crown(net, box, spec, iterations=20)
+    result = crown.alpha_crown(net, box, spec, iterations=20, optimize_dtype=optimize_dtype)
+    assert result.lower.dtype == torch.float64
     assert torch.all(result.lower >= base)
     assert float((result.lower - base).mean()) > 1e-3  # it does optimise something on these nets
     _check_on_samples(body, lower, upper, result.lower)
@@ -124,6 +129,44 @@ def test_alpha_crown_is_sound_and_never_looser_than_crown(seed: int) -> None:
     acts = net.activations(samples)
     for k, (lo, hi) in result.layers.pre.items():
         assert torch.all(acts[k] >= lo[:, None] - 1e-9) and torch.all(acts[k] <= hi[:, None] + 1e-9)
+
+
+def test_float32_optimisation_keeps_the_float64_bound() -> None:
+    """Slopes optimised in float32 give bounds within a small tolerance of the float64 optimisation's."""
+    body = random_mlp(4, [20, 24, 24, 24, 6], scale=1.3).double()
+    x = torch.rand(30, 20, dtype=torch.float64, generator=torch.Generator().manual_seed(4))
+    net, box, spec = (
+        _net(body, 20),
+        Box.of((x - 0.1).clamp(0, 1), (x + 0.1).clamp(0, 1)),
+        pair_specification(6),
+    )
+    exact = crown.alpha_crown(net, box, spec, iterations=10).lower
+    fast = crown.alpha_crown(net, box, spec, iterations=10, optimize_dtype=torch.float32).lower
+    base, _ = crown.crown(net, box, spec)
+    assert float((exact - fast).mean()) < 0.02 * float((exact - base).mean())
+
+
+def test_radius_term_and_its_gradient_match_autograd() -> None:
+    """The first layer's ``|A W_0| r`` by the chunked custom function (W_0 diag(r) kept per box) and by plain
+    autograd (the path of expanded boxes): same values, same gradient."""
+    torch.manual_seed(0)
+    body = nn.Sequential(nn.Linear(50, 7), nn.ReLU(), nn.Linear(7, 3)).double()
+    net = _net(body, 50)
+    first = net.layers[0]
+    lower = torch.rand(9, 50, dtype=torch.float64)
+    box = Box.of(lower, lower + 0.1 * torch.rand(9, 50, dtype=torch.float64))
+    coeffs = torch.randn(9, 11, 7, dtype=torch.float64, requires_grad=True)
+    scaled = box.scaled(first.weight)  # type: ignore[union-attr]
+    assert scaled is not None and box.scaled(first.weight) is scaled  # type: ignore[union-attr]
+    fast = crown._RadiusTerm.apply(coeffs, scaled)
+    plain = crown._radius_term(coeffs, first, box.radius)  # type: ignore[arg-type]
+    grad = torch.randn_like(fast)
+    (g_fast,) = torch.autograd.grad(fast, coeffs, grad)
+    (g_plain,) = torch.autograd.grad(plain, coeffs, grad)
+    torch.testing.assert_close(fast, plain, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(g_fast, g_plain, rtol=1e-12, atol=1e-12)
+    shared = Box(box.center[:1].expand(9, -1), box.radius[:1].expand(9, -1))
+    assert shared.scaled(first.weight) is None  # type: ignore[union-attr]
 
 
 def test_sparse_and_dense_layers_agree() -> None:

@@ -21,16 +21,18 @@ intersects. Lower and upper bounds come from one backward pass over ``[e_n; -e_n
 one per bounded row and neuron (every row of every intermediate layer too: "optimised intermediate bounds"), and
 maximises the sum of the final lower bounds by projected gradient ascent (Adam). Every choice of slopes gives a
 sound bound, so the optimisation needs no care for soundness: it keeps the best intermediate and final bound of
-every row that it meets (each is sound), so the result is never looser than CROWN's. It runs in the boxes'
-dtype (float64): on these small networks float32 was no faster on CPU, and its bounds would have to be
-recomputed in float64 before they could be trusted, which lost a quarter of the gain.
+every row that it meets (each is sound), so the result is never looser than CROWN's. With ``optimize_dtype``
+(float32: what screening uses, 1.5x faster on the CPU) no bound met on the way is sound, so each row keeps the
+slopes of its best bound, and one float64 pass recomputes every intermediate and final bound from them (never
+looser than CROWN either); on the shipped MNIST pair the mean FaithUB moves by at most 1.2e-4.
 
 **Floating point**: the returned bounds are for exact arithmetic on the stored weights, computed in float64;
 :mod:`faithverify.bounds.softmax` widens them by a stated margin before they are used.
 
 **Speed**: the first affine layer is where the rows meet the (large) input: ``A · (W_0 x_c + b_0)`` is a
-matrix-vector product, and only ``|A W_0| · r`` needs the ``[rows, inputs]`` product, formed in chunks of
-points to stay in cache.
+matrix-vector product, and only ``|A W_0| · r`` needs the ``[rows, inputs]`` product, formed as
+``|A (W_0 diag(r))| 1`` (``W_0 diag(r)`` kept per box) in chunks of points that stay in cache, forward and
+backward (``_RadiusTerm``): this is most of alpha-CROWN's time.
 """
 
 from __future__ import annotations
@@ -50,6 +52,8 @@ from faithverify.bounds.torchnet import Affine, BoundNetwork, MaxPool, Relu
 # (in a core's cache: 32 MB chunks were 3-4 times slower on a 2-core EPYC), 2 GB on a GPU (few, large kernels).
 _CHUNK_ELEMENTS = 500_000
 _GPU_CHUNK_ELEMENTS = 1 << 28
+# Entries of W_0 diag(r) kept per box (Box.scaled): 256 MB of float64.
+_SCALED_ELEMENTS = 1 << 25
 
 Bounds = tuple[Tensor, Tensor]
 
@@ -60,6 +64,7 @@ class Box:
 
     center: Tensor
     radius: Tensor
+    _scaled: dict[int, tuple[Tensor, Tensor]] = field(default_factory=dict, compare=False, repr=False)
 
     @staticmethod
     def of(lower: Tensor, upper: Tensor) -> Box:
@@ -78,6 +83,24 @@ class Box:
 
     def take(self, index: Tensor) -> Box:
         return Box(self.center[index], self.radius[index])
+
+    def scaled(self, weight: Tensor) -> Tensor | None:
+        """``W diag(r)`` per point (``[N, m, D]`` for a dense ``W`` ``[m, D]``), kept for the box's next calls;
+        None where that would be large or the boxes share one radius (branch and bound's expanded boxes)."""
+        n = len(self.radius)
+        if (
+            weight.layout != torch.strided
+            or weight.requires_grad
+            or self.radius.requires_grad
+            or self.radius.stride(0) == 0
+            or n * weight.numel() > _SCALED_ELEMENTS
+        ):
+            return None
+        kept = self._scaled.get(id(weight))
+        if kept is None or kept[0] is not weight:
+            kept = (weight, weight.unsqueeze(0) * self.radius.unsqueeze(1))
+            self._scaled[id(weight)] = kept
+        return kept[1]
 
 
 @dataclass
@@ -178,11 +201,10 @@ def concretize(net: BoundNetwork, coeffs: Tensor, const: Tensor, box: Box) -> Te
         return _over_box(coeffs, box) + const + c
     mid = first.forward(box.center)  # W_0 x_c + b_0
     centre_term = (coeffs @ mid.unsqueeze(-1)).squeeze(-1)
-    if first.weight.layout == torch.strided and not (first.weight.requires_grad or box.radius.requires_grad):
-        radius_term = _RadiusTerm.apply(coeffs, first.weight, box.radius)
-    else:
-        radius_term = _radius_term(coeffs, first, box.radius)
-    return const + centre_term - radius_term
+    scaled = box.scaled(first.weight)
+    if scaled is None:
+        return const + centre_term - _radius_term(coeffs, first, box.radius)
+    return const + centre_term - _RadiusTerm.apply(coeffs, scaled)
 
 
 def _chunk(coeffs: Tensor, width: int) -> int:
@@ -202,35 +224,33 @@ def _radius_term(coeffs: Tensor, first: Affine, radius: Tensor) -> Tensor:
 
 
 class _RadiusTerm(torch.autograd.Function):
-    """``|A W_0| r`` (``A``: ``[N, R, m]``, dense ``W_0``: ``[m, D]``, ``r``: ``[N, D]``) and its gradient in
-    ``A``, chunk by chunk: autograd would keep every ``[N, R, D]`` product (and ``|.|``'s sign) alive until the
-    backward pass, out of cache; here the backward pass forms each chunk's product again (a cheap matrix
-    product with ``m`` small) while it is in cache. The gradient in ``A`` is ``g (sign(A W_0) ⊙ r) W_0^T``."""
+    """``|A W_0| r``, as ``|A (W_0 diag(r))| 1`` (``A``: ``[N, R, m]``, ``W_0 diag(r)``: ``[N, m, D]``), and its
+    gradient in ``A``, ``g sign(A W_0 diag(r)) (W_0 diag(r))^T``, chunk by chunk: autograd would keep every
+    ``[N, R, D]`` product (and ``|.|``'s sign) alive until the backward pass, out of cache; here the backward pass
+    forms each chunk's product again (cheap with ``m`` small) while it is in cache. With ``r`` folded into the
+    weights there is no product with ``r`` left (a batched matrix-vector product as long as the matrix one)."""
 
     @staticmethod
-    def forward(ctx: Any, coeffs: Tensor, weight: Tensor, radius: Tensor) -> Tensor:
-        ctx.save_for_backward(coeffs, weight, radius)
-        n, rows, m = coeffs.shape
+    def forward(ctx: Any, coeffs: Tensor, scaled: Tensor) -> Tensor:
+        ctx.save_for_backward(coeffs, scaled)
+        n, rows, _ = coeffs.shape
         out = coeffs.new_empty(n, rows)
-        chunk = _chunk(coeffs, weight.shape[1])
+        chunk = _chunk(coeffs, scaled.shape[2])
         for s in range(0, n, chunk):
             e = min(n, s + chunk)
-            full = (coeffs[s:e].reshape(-1, m) @ weight).abs_().reshape(e - s, rows, -1)
-            torch.bmm(full, radius[s:e].unsqueeze(-1), out=out[s:e].unsqueeze(-1))
+            torch.sum(torch.bmm(coeffs[s:e], scaled[s:e]).abs_(), dim=-1, out=out[s:e])
         return out
 
     @staticmethod
-    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, None, None]:
-        coeffs, weight, radius = ctx.saved_tensors
-        n, rows, m = coeffs.shape
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, None]:
+        coeffs, scaled = ctx.saved_tensors
         out = torch.empty_like(coeffs)
-        chunk = _chunk(coeffs, weight.shape[1])
-        for s in range(0, n, chunk):
-            e = min(n, s + chunk)
-            full = (coeffs[s:e].reshape(-1, m) @ weight).reshape(e - s, rows, -1)
-            torch.copysign(radius[s:e].unsqueeze(1).expand_as(full), full, out=full)
-            torch.mm(full.reshape(-1, full.shape[-1]), weight.T, out=out[s:e].view(-1, m))
-        return out.mul_(grad.unsqueeze(-1)), None, None
+        chunk = _chunk(coeffs, scaled.shape[2])
+        for s in range(0, len(coeffs), chunk):
+            e = min(len(coeffs), s + chunk)
+            sign = torch.bmm(coeffs[s:e], scaled[s:e]).sign_()
+            torch.bmm(sign, scaled[s:e].transpose(1, 2), out=out[s:e])
+        return out.mul_(grad.unsqueeze(-1)), None
 
 
 def _over_box(coeffs: Tensor, box: Box) -> Tensor:
@@ -445,6 +465,10 @@ def alpha_crown(
     best = {k: (lo.to(optimize_dtype), hi.to(optimize_dtype)) for k, (lo, hi) in base_layers.pre.items()}
     fixed = None if optimize_intermediate else best
     trusted = optimize_dtype == dtype  # every iteration's bounds are sound: keep the best of each
+    if not trusted and optimize_intermediate:
+        # Not CROWN's bounds rounded: a row that one ties or beats by a rounding error gets no gradient through
+        # the intersection (torch.maximum), and its slopes never moved (0.01 looser logit bounds on MNIST).
+        best = {}
     best_final = base.clone()
     # In a lower precision no bound met on the way is sound, so each row keeps instead the slopes that gave its
     # best bound, and the final pass recomputes every row from them.
