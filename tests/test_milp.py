@@ -244,7 +244,7 @@ def test_onnx_cnn_flat_body(tmp_path: Path) -> None:
     body = loaded.module.flat_body().double()
     x0 = np.random.default_rng(0).random(64)
     lower, upper = np.clip(x0 - 0.1, 0, 1), np.clip(x0 + 0.1, 0, 1)
-    milp = NetworkMILP(body, lower, upper)
+    milp = NetworkMILP(body, lower, upper, mip_rel_gap=1e-9, mip_abs_gap=1e-9)  # exact: see EXACT_TOL
     assert milp.num_binaries > 0
     crown = NetworkBounder(body, 64, 5).logit_diff_bounds(
         torch.from_numpy(lower[None]), torch.from_numpy(upper[None]), BoundMethod.CROWN
