@@ -133,7 +133,7 @@ class _Side:
         if self._exact is not None:
             return self._exact.root
         if self._crown_layers is None:
-            lo, hi = (torch.from_numpy(b.reshape(1, -1)).to(self.net.device) for b in self.box)
+            lo, hi = (torch.tensor(b.reshape(1, -1), device=self.net.device) for b in self.box)
             with torch.no_grad():
                 self._crown_layers = intermediate_bounds(self.net, Box.of(lo, hi))[0]
         return self._crown_layers
@@ -448,7 +448,8 @@ def _coupled(
     """The coupled FaithUB (bounds/coupled.py) on the two sides' current bounds; ``optimistic``: on the values
     seen instead of every bound that is not final (not sound: what the coupled bound could reach at best)."""
     device = teacher.net.device
-    lo, hi = (torch.from_numpy(b.reshape(1, -1)).to(device) for b in teacher.box)
+    # torch.tensor copies: the box may be a read-only array (one that came through Ray's object store).
+    lo, hi = (torch.tensor(b.reshape(1, -1), device=device) for b in teacher.box)
     points = [torch.from_numpy(np.clip(a.reshape(1, -1), *teacher.box)).to(device) for a in anchors]
     diffs = (
         (_optimistic_bounds(teacher), _optimistic_bounds(student))
