@@ -35,6 +35,22 @@ class Workspace:
         return [a.format(**names) for a in argv]
 
 
+# Builds a case's bad input in its folder; returns extra placeholders ({name} -> path).
+Make = Callable[[Path, "Workspace"], Mapping[str, Path]]
+
+
+def combine(*makers: Make) -> Make:
+    """One builder running ``makers`` in turn, their placeholders merged."""
+
+    def make(tmp: Path, ws: Workspace) -> dict[str, Path]:
+        out: dict[str, Path] = {}
+        for m in makers:
+            out.update(m(tmp, ws))
+        return out
+
+    return make
+
+
 @dataclass(frozen=True)
 class Fault:
     """One malformed input and what faithverify must do with it."""
@@ -43,8 +59,7 @@ class Fault:
     argv: Sequence[str]  # the command line after the program name, with {placeholders}
     fragments: Sequence[str] = ()  # each must appear in the error line (case-insensitive)
     exit_code: int = BAD_INPUT
-    # Builds the bad input in the case's folder; returns extra placeholders ({name} -> path).
-    make: Callable[[Path, Workspace], Mapping[str, Path]] | None = None
+    make: Make | None = None  # builds the bad input
     # Paths (placeholders allowed) that must not exist afterwards: nothing half written.
     not_written: Sequence[str] = ()
     # Paths (placeholders allowed) whose bytes must be unchanged afterwards.

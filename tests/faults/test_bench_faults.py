@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import csv
 import gzip
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,7 +24,7 @@ from onnx import TensorProto, helper
 from faithverify.vnn.bench import SUMMARY_FIELDS
 from faithverify.vnn.vnnlib import Box, Conjunct, Property, write_vnnlib
 from tests.conftest import export_onnx, random_mlp
-from tests.faults.harness import BAD_INPUT, OK, Fault, Workspace, check
+from tests.faults.harness import BAD_INPUT, OK, Fault, Make, Workspace, check, combine
 
 INPUTS, CLASSES = 12, 4
 LONG = "n" * 300  # longer than any file system's name limit (255 bytes)
@@ -91,9 +91,6 @@ def vnn(tmp_path_factory: pytest.TempPathFactory) -> Workspace:
     return Workspace(p)
 
 
-Make = Callable[[Path, Workspace], Mapping[str, Path]]
-
-
 def _csv(text: str, name: str = "instances.csv", *, gz: bool = False, raw: bytes | None = None) -> Make:
     """An instances list in the workspace's folder (so that its relative paths resolve), one per case."""
 
@@ -120,16 +117,6 @@ def _copy(key: str, name: str) -> Make:
     def make(tmp: Path, ws: Workspace) -> dict[str, Path]:
         (tmp / name).write_bytes(ws.paths[key].read_bytes())
         return {"copy": tmp / name}
-
-    return make
-
-
-def _both(*makes: Make) -> Make:
-    def make(tmp: Path, ws: Workspace) -> dict[str, Path]:
-        out: dict[str, Path] = {}
-        for m in makes:
-            out.update(m(tmp, ws))
-        return out
 
     return make
 
@@ -339,7 +326,7 @@ ONE_BAD_INSTANCE = [  # exit 0: the bad instance is its row, and the next one is
         "inst-result-names-keep-the-eps",
         ["bench", "{csv}", *BENCH_OUT],
         _names_keep_eps(("unsat", "")),
-        make=_both(
+        make=combine(
             _copy("unsat", "pair_00001_eps_0.05.vnnlib"),
             _instances(["{net},{tmp}/pair_00001_eps_0.05.vnnlib,20"]),
         ),
@@ -348,7 +335,7 @@ ONE_BAD_INSTANCE = [  # exit 0: the bad instance is its row, and the next one is
         "inst-gz-network-and-long-names",
         ["bench", "{csv}", *BENCH_OUT],
         _names_keep_eps(("unsat", "")),
-        make=_both(
+        make=combine(
             _copy("unsat", f"{'p' * 200}_eps_0.05.vnnlib"),
             _instances([f"{{net_gz}},{{tmp}}/{'p' * 200}_eps_0.05.vnnlib,20"]),
         ),

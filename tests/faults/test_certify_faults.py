@@ -8,7 +8,6 @@ Every bad file is generated in the case's folder from the session's small real p
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import numpy as np
@@ -19,9 +18,8 @@ from onnx import TensorProto, helper
 
 from tests.conftest import export_onnx, random_mlp
 from tests.faults.conftest import FAST
-from tests.faults.harness import BAD_INPUT, LIMITATION, Fault, Workspace, check
+from tests.faults.harness import BAD_INPUT, LIMITATION, Fault, Make, Workspace, check, combine
 
-Make = Callable[[Path, Workspace], Mapping[str, Path]]
 LONG = "n" * 300  # longer than any file system's name limit (255 bytes)
 PAIR = ["{teacher}", "{student}"]
 DATA = ["--data", "{data}"]
@@ -191,16 +189,6 @@ kind = "max_mean_faith_ub"
 eps = 0.01
 threshold = 1.0
 """
-
-
-def combine(*makers: Make) -> Make:
-    def make(tmp: Path, ws: Workspace) -> dict[str, Path]:
-        out: dict[str, Path] = {}
-        for m in makers:
-            out.update(m(tmp, ws))
-        return out
-
-    return make
 
 
 # --- the cases ------------------------------------------------------------------------------------------------
