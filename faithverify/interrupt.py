@@ -29,7 +29,10 @@ def requested() -> bool:
 
 
 def raise_if_requested() -> None:
+    """Raise the pending Ctrl-C, once: the flag is consumed, so that a library user (a notebook) who catches the
+    KeyboardInterrupt can solve again afterwards."""
     if _requested.is_set():
+        _requested.clear()
         raise KeyboardInterrupt
 
 
