@@ -4,7 +4,6 @@ options (with their validation) that several commands take with the same meaning
 from __future__ import annotations
 
 import math
-import os
 import sys
 from collections.abc import Callable
 from functools import wraps
@@ -105,31 +104,10 @@ def compose(*decorators: Callable[[Any], Any]) -> Callable[[F], F]:
 
 
 def check_output_file(path: Path, option: str) -> None:
-    """Fail now, with one line, if ``path`` cannot become a file: before a long run, not after it.
+    """Fail now, with one line, if ``path`` cannot become a file: before a long run, not after it."""
+    from faithverify.paths import check_writable
 
-    Nothing is created: a directory in the way, a parent that is a file, a name too long for the file system
-    or a folder that cannot be made are all found by asking the file system about the path and its parents.
-    """
-    from faithverify.errors import ResultsFileError
-
-    try:
-        if path.is_dir():
-            raise ResultsFileError(f"cannot write {option} {path}: it is a directory")
-        parent = path.parent
-        while not parent.exists():  # the first existing ancestor must be a folder we may write into
-            parent = parent.parent
-        if not parent.is_dir():
-            raise ResultsFileError(f"cannot write {option} {path}: {parent} is a file, not a folder")
-        if not os.access(parent, os.W_OK):
-            raise ResultsFileError(f"cannot write {option} {path}: {parent} is not writable")
-        limit = os.pathconf(parent, "PC_NAME_MAX")
-        too_long = next((part for part in path.parts if len(os.fsencode(part)) > limit), None)
-        if too_long is not None:
-            raise ResultsFileError(
-                f"cannot write {option}: the name {too_long[:40]}... is longer than {limit} bytes"
-            )
-    except OSError as exc:
-        raise ResultsFileError(f"cannot write {option} {path}: {exc.strerror or exc}") from exc
+    check_writable(path, option)
 
 
 class FiniteFloatRange(click.FloatRange):

@@ -73,7 +73,7 @@ def export_vnn(
     from faithverify.data import sample_beside, select_points
     from faithverify.errors import ResultsFileError
     from faithverify.pair import load_pair
-    from faithverify.vnn.bench import check_writable_dir
+    from faithverify.paths import check_writable_dir
     from faithverify.vnn.export import GAP_MODEL, INSTANCES, STUDENT_MODEL, TEACHER_MODEL, export_suite
 
     check_writable_dir(output, "-o")
@@ -226,7 +226,8 @@ def verify_instance(
     """
     from faithverify.bounds.milp import Solver
     from faithverify.errors import FaithverifyError, ResultsFileError
-    from faithverify.vnn.bench import check_writable, run_instance
+    from faithverify.paths import check_writable
+    from faithverify.vnn.bench import run_instance
     from faithverify.vnn.engine import Outcome
     from faithverify.vnn.instance import format_result
     from faithverify.vnn.vnnlib import write_text_atomic

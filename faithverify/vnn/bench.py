@@ -18,7 +18,6 @@ import csv
 import gzip
 import io
 import logging
-import os
 import shutil
 import tempfile
 import time
@@ -39,6 +38,7 @@ from faithverify.errors import (
     UnsupportedOperatorError,
 )
 from faithverify.executors import ExecutorSpec, open_executor
+from faithverify.paths import check_writable, check_writable_dir, exists
 from faithverify.vnn.engine import Answer, Outcome, ProblemError, verify
 from faithverify.vnn.instance import format_result, query_from_instance
 from faithverify.vnn.vnnlib import read_vnnlib, write_text_atomic
@@ -47,8 +47,6 @@ log = logging.getLogger(__name__)
 
 SUMMARY_FIELDS = ("index", "onnx", "vnnlib", "timeout", "result", "seconds", "stage", "reason", "result_file")
 _HEADER = ",".join(SUMMARY_FIELDS)
-# Room a temporary file next to a target needs beyond the target's own name (write_bytes_atomic's ".NAME.XXXXXXXX.tmp").
-_TMP_EXTRA = 16
 # Result files are named after the instance's files, each part cut to this many characters (long names of
 # generated suites would otherwise pass the file system's limit of 255 bytes).
 _NAME_PART = 80
@@ -117,63 +115,6 @@ def read_instances(csv_path: str | Path) -> list[Instance]:
     if not out:
         raise DataError(f"{csv_path}: no instances")
     return out
-
-
-def check_writable(path: Path, what: str) -> None:
-    """Refuse, before any work, an output path that cannot be written: under a file, a folder itself, or a name
-    the file system cannot hold. Nothing is created."""
-    _check_path(path, what, folder=False)
-
-
-def check_writable_dir(path: Path, what: str) -> None:
-    """As :func:`check_writable`, for a folder (which may exist)."""
-    _check_path(path, what, folder=True)
-
-
-def _exists(path: Path) -> bool:
-    try:
-        return path.exists()
-    except OSError:  # a name too long to exist
-        return False
-
-
-def _check_path(path: Path, what: str, *, folder: bool) -> None:
-    ancestor, missing = path, []
-    while not _exists(ancestor) and ancestor != ancestor.parent:
-        missing.append(ancestor.name)
-        ancestor = ancestor.parent
-    if ancestor == path:  # it exists
-        if folder and not path.is_dir():
-            raise ResultsFileError(f"{what} {_short(path)} is a file, not a folder")
-        if not folder and path.is_dir():
-            raise ResultsFileError(f"{what} {_short(path)} is a folder")
-        ancestor = path if folder else path.parent
-    elif not ancestor.is_dir():
-        raise ResultsFileError(f"{what} {_short(path)}: {_short(ancestor)} is a file, not a folder")
-    # A file is written through a temporary file beside it, whose name is longer.
-    _check_names(ancestor, missing[::-1], what, path, extra=0 if folder else _TMP_EXTRA)
-    if not os.access(ancestor, os.W_OK | os.X_OK):
-        raise ResultsFileError(f"{what} {_short(path)}: {_short(ancestor)} is not writable")
-
-
-def _short(path: Path) -> str:
-    text = str(path)
-    return text if len(text) <= 100 else text[:60] + "..." + text[-30:]
-
-
-def _check_names(existing: Path, names: list[str], what: str, path: Path, extra: int) -> None:
-    """Each of ``names`` (to be created under ``existing``, the last being the target) fits the file system."""
-    try:
-        limit = int(os.pathconf(existing, "PC_NAME_MAX"))
-    except (OSError, ValueError):
-        limit = 255
-    for k, name in enumerate(names):
-        allowed = limit - (extra if k == len(names) - 1 else 0)
-        if len(os.fsencode(name)) > allowed:
-            raise ResultsFileError(
-                f"{what} {_short(path)}: the name {name[:30]}... is too long for the file system "
-                f"({len(os.fsencode(name))} bytes; at most {allowed})"
-            )
 
 
 def plain_onnx(path: Path, scratch: Path) -> Path:
@@ -335,7 +276,7 @@ def run_suite(
     csv_path = Path(csv_path)
     instances = read_instances(csv_path)
     summary, results_dir = Path(summary), Path(results_dir)
-    if _exists(summary) and summary.resolve() == csv_path.resolve():
+    if exists(summary) and summary.resolve() == csv_path.resolve():
         raise ResultsFileError(f"--out {summary} is the instances file itself")
     check_writable(summary, "--out")
     check_writable_dir(results_dir, "--results-dir")
