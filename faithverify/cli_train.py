@@ -61,7 +61,10 @@ def _training_options(func: Any) -> Any:
         click.option("--arch", default=None, help="Architecture (default: the recipe's)."),
         click.option("--epochs", type=click.IntRange(min=1), default=None, help="Number of epochs."),
         click.option(
-            "--adv-eps", type=FiniteFloatRange(min=0), default=None, help="Training radius (L-inf)."
+            "--adv-eps",
+            type=FiniteFloatRange(min=0),
+            default=None,
+            help="Training radius (L-inf), in the recipe's units (`faithverify recipes`).",
         ),
         click.option("--pgd-steps", type=click.IntRange(min=1), default=None, help="PGD steps in training."),
         click.option(
@@ -102,7 +105,7 @@ def _training_options(func: Any) -> Any:
 
 
 def _train(recipe: Recipe, output: Path, teacher: Path | None, opts: dict[str, Any]) -> None:
-    from faithverify.train.run import card_paths, train_recipe
+    from faithverify.train.run import card_eps_text, card_paths, train_recipe
 
     if teacher is not None:  # the teacher before the data: a wrong path is named before any data is sought
         from faithverify.onnx_io import load_model
@@ -122,7 +125,9 @@ def _train(recipe: Recipe, output: Path, teacher: Path | None, opts: dict[str, A
         command=_command_line(),
         snapshot=opts["snapshot"],
     )
-    robust = ", ".join(f"{100 * v:.2f}% at eps {e}" for e, v in card.robust_accuracy.items())
+    robust = ", ".join(
+        f"{100 * v:.2f}% at eps {card_eps_text(e, recipe)}" for e, v in card.robust_accuracy.items()
+    )
     click.echo(
         f"wrote {output} and {card_paths(output)[1].name}: clean accuracy {100 * card.clean_accuracy:.2f}%"
         + (f", PGD-50 robust {robust}" if robust else "")

@@ -209,6 +209,30 @@ def test_named_architectures() -> None:
         assert next(m.in_features for m in net if isinstance(m, nn.Linear)) == 128
 
 
+def test_a_folded_normalisation_is_the_same_function_on_pixels(tmp_path: Path) -> None:
+    from faithverify.train.architectures import InputNormalisation, fold_normalisation, with_normalisation
+    from faithverify.train.export import check_onnx, export_onnx
+
+    torch.manual_seed(0)
+    model = with_normalisation(build("mnist-student"), (0.1307, 0.3081))
+    assert isinstance(model[0], InputNormalisation)
+    folded = fold_normalisation(model)
+    assert isinstance(folded[0], nn.Linear) and len(folded) == len(model) - 1
+    x = torch.rand(64, 784)
+    with torch.no_grad():
+        expected = (model.double()(x.double())).float()
+        model.float()
+        assert torch.allclose(folded(x), expected, atol=1e-5)
+    # the exported graph is the plain MLP (no Sub/Div), and it matches the normalised network under onnxruntime
+    path = export_onnx(folded, (784,), tmp_path / "m.onnx")
+    ops = {n.op_type for n in onnx.load(str(path)).graph.node}
+    assert "Gemm" in ops and not ops & {"Sub", "Div"}
+    assert check_onnx(model, path, input_shape=(784,)) < 1e-4
+    assert fold_normalisation(build("mnist-student"))[0].in_features == 784  # nothing to fold: unchanged
+    with pytest.raises(ValueError, match="std must be positive"):
+        InputNormalisation(0.1, 0.0)
+
+
 # --- A short end-to-end run on separable synthetic data -------------------------------------------
 
 

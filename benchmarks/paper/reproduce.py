@@ -63,10 +63,23 @@ class StudentRun:
     exact_seconds: float = 0.0
 
 
+def eps_scale(dataset: str) -> float:
+    """Pixels per unit of the paper's radii for this dataset's models (their recipes' normalisation std)."""
+    return get_recipe(f"{dataset}/teacher").eps_scale
+
+
 def eps_label(dataset: str, eps: float) -> str:
-    if dataset == "mnist":
-        return f"{eps:g}"
-    return f"{round(eps * 255)}/255"
+    """A pixel radius as the paper writes it (its units), with the pixel value where they differ."""
+    scale = eps_scale(dataset)
+    theirs = eps / scale
+    text = f"{theirs:g}" if dataset == "mnist" else f"{round(theirs * 255)}/255"
+    return text if scale == 1.0 else f"{text} ({eps:.4g} px)"
+
+
+def paper_cell(row: dict[float, float | None], dataset: str, eps: float) -> float | None:
+    """The paper's value at the pixel radius ``eps`` (its tables are keyed by radii in its own units)."""
+    scale = eps_scale(dataset)
+    return next((v for k, v in row.items() if abs(k * scale - eps) < 1e-9), None)
 
 
 def _certify_to_file(
@@ -244,12 +257,22 @@ def report(
 ) -> str:  # fmt: skip
     methods = list(runs)
     labels = [eps_label(dataset, e) for e in eps_grid]
+
+    def paper_at(
+        numbers: dict[str, dict[str, dict[float, float | None]]], model: str, e: float
+    ) -> float | None:
+        return paper_cell(numbers[dataset][model], dataset, e)
+
     t1_rows = []
     for m in methods:
         s = by_eps(runs[m])
         for e, lab in zip(eps_grid, labels, strict=True):
             t1_rows.append(
-                [LABELS[m], lab, *_vs(s[e].agreement, paper.AGREEMENT[dataset][m][e], 100, 1, "%")]
+                [
+                    LABELS[m],
+                    lab,
+                    *_vs(s[e].agreement, paper_at(paper.AGREEMENT, m, e), 100, 1, "%"),
+                ]
             )
     t1 = table(["student", "eps", "ours", "paper", "diff"], t1_rows)
     t2_rows = []
@@ -257,9 +280,9 @@ def report(
         s = by_eps(runs[m])
         for e, lab in zip(eps_grid, labels, strict=True):
             eq6, best, timed, size = _exact_summary(runs[m].exact or [], e)
-            theirs = paper.FAITH_UB[dataset][m][e]
+            theirs = paper_at(paper.FAITH_UB, m, e)
             t2_rows.append([
-                LABELS[m], lab, *_vs(s[e].emp_lb.mean, paper.EMP_LB[dataset][m][e]),
+                LABELS[m], lab, *_vs(s[e].emp_lb.mean, paper_at(paper.EMP_LB, m, e)),
                 f"{s[e].faith_ub.mean:.3f} ± {s[e].faith_ub.std:.3f}",
                 "-" if not size else f"{eq6:.3f} ({timed}/{size} out of time)",
                 "-" if not size else f"{best:.3f}",
@@ -285,7 +308,13 @@ def report(
             [
                 "teacher",
                 lab,
-                *_vs(first[e].teacher_robust_accuracy, paper.ROBUST[dataset]["teacher"][e], 100, 1, "%"),
+                *_vs(
+                    first[e].teacher_robust_accuracy,
+                    paper_at(paper.ROBUST, "teacher", e),
+                    100,
+                    1,
+                    "%",
+                ),
             ]
         )
     for m in methods:
@@ -295,7 +324,17 @@ def report(
         )
         for e, lab in zip(eps_grid, labels, strict=True):
             t6_rows.append(
-                [LABELS[m], lab, *_vs(s[e].student_robust_accuracy, paper.ROBUST[dataset][m][e], 100, 1, "%")]
+                [
+                    LABELS[m],
+                    lab,
+                    *_vs(
+                        s[e].student_robust_accuracy,
+                        paper_at(paper.ROBUST, m, e),
+                        100,
+                        1,
+                        "%",
+                    ),
+                ]
             )
     t6 = table(["model", "eps", "ours", "paper", "diff"], t6_rows)
     timing = ", ".join(
@@ -380,7 +419,9 @@ def main() -> None:
         # One connection for the whole run: every certify call below joins it (faithverify.executors).
         connect_ray(args.ray, args.jobs)
 
-    eps_grid = get_recipe(f"{args.dataset}/teacher").eval_eps
+    # The paper's grid on the models' pixel inputs (its MNIST and Fashion-MNIST radii are normalised units).
+    recipe = get_recipe(f"{args.dataset}/teacher")
+    eps_grid = tuple(recipe.pixel_eps(e) for e in recipe.eval_eps)
     test = load_dataset(args.dataset, "test", data_root=args.data_root)
     n = min(args.n, len(test.x))
     x, y = test.x[:n], test.y[:n]

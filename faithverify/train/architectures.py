@@ -15,7 +15,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from torch import nn
+import torch
+from torch import Tensor, nn
 
 
 @dataclass(frozen=True)
@@ -159,6 +160,52 @@ def build_cnn(spec: CNNSpec) -> nn.Sequential:
             nn.init.kaiming_normal_(layer.weight, nonlinearity="relu")
             nn.init.zeros_(layer.bias)
     return nn.Sequential(*layers)
+
+
+class InputNormalisation(nn.Module):
+    """``(x - mean) / std`` in front of a network trained on normalised inputs (no parameters)."""
+
+    def __init__(self, mean: float, std: float) -> None:
+        super().__init__()
+        if not std > 0:
+            raise ValueError(f"the normalisation's std must be positive, got {std}")
+        self.mean, self.std = float(mean), float(std)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return (x - self.mean) / self.std
+
+    def extra_repr(self) -> str:
+        return f"mean={self.mean:g}, std={self.std:g}"
+
+
+def with_normalisation(network: nn.Sequential, normalisation: tuple[float, float] | None) -> nn.Sequential:
+    """``network`` behind an :class:`InputNormalisation` (``network`` itself when ``normalisation`` is None)."""
+    if normalisation is None:
+        return network
+    return nn.Sequential(InputNormalisation(*normalisation), *network)
+
+
+def fold_normalisation(model: nn.Sequential) -> nn.Sequential:
+    """The same function without its leading :class:`InputNormalisation`: folded into the first ``nn.Linear``
+    (``W (x - m) / s + b = (W / s) x + (b - W 1 m / s)``), so the exported graph is the plain network on pixels.
+    Computed in float64 and rounded once to the layer's dtype. A model without a normalisation is returned as is.
+    """
+    norm, first, *rest = model
+    if not isinstance(norm, InputNormalisation):
+        return model
+    if not isinstance(first, nn.Linear):
+        raise ValueError(f"a normalisation folds into a Linear layer, not {type(first).__name__}")
+    folded = nn.Linear(first.in_features, first.out_features, bias=True)
+    with torch.no_grad():
+        w = first.weight.double()
+        b = (
+            first.bias.double()
+            if first.bias is not None
+            else torch.zeros(first.out_features, dtype=torch.float64)
+        )
+        folded.weight.copy_((w / norm.std).to(first.weight.dtype))
+        folded.bias.copy_((b - w.sum(dim=1) * (norm.mean / norm.std)).to(first.weight.dtype))
+    return nn.Sequential(folded, *rest)
 
 
 def build(name: str) -> nn.Sequential:

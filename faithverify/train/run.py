@@ -23,7 +23,7 @@ from faithverify.data import Dataset, fit_to_input_shape, load_dataset
 from faithverify.errors import ModelMismatchError
 from faithverify.onnx_io import load_model
 from faithverify.train import paper_numbers as paper
-from faithverify.train.architectures import build, get_spec
+from faithverify.train.architectures import build, fold_normalisation, get_spec, with_normalisation
 from faithverify.train.attacks import accuracy, robust_accuracy
 from faithverify.train.export import check_onnx, export_onnx
 from faithverify.train.loop import train
@@ -65,6 +65,22 @@ class ModelCard:
         return cls(**json.loads(Path(path).read_text()))
 
 
+def recipe_of(card: ModelCard) -> Recipe | None:
+    """The recipe ``card`` was trained with (fields added since it was written take their defaults), or None
+    for a card from an older faithverify whose recipe had fields that no longer exist (retrain that model)."""
+    known = {f.name for f in dataclasses.fields(Recipe)}
+    if set(card.recipe) - known:
+        return None
+    norm = card.recipe.get("normalisation")
+    return Recipe(
+        **{
+            **card.recipe,
+            "eval_eps": tuple(card.recipe.get("eval_eps", ())),
+            "normalisation": tuple(norm) if norm is not None else None,
+        }
+    )
+
+
 def card_paths(onnx_path: Path) -> tuple[Path, Path]:
     """``(<stem>.card.json, <stem>.card.md)`` beside the ONNX file."""
     stem = onnx_path.with_suffix("")
@@ -104,8 +120,8 @@ def _fit(dataset: Dataset, input_shape: tuple[int, ...]) -> Dataset:
 
 
 def _card_eps(recipe: Recipe) -> float:
-    """The radius of a card's robust accuracy: the training radius, or for SD (trained without an attack) its
-    dataset's teacher radius, so the students of one teacher are compared at one eps."""
+    """The radius of a card's robust accuracy, in the recipe's units: the training radius, or for SD (trained
+    without an attack) its dataset's teacher radius, so the students of one teacher are compared at one eps."""
     if recipe.adv_eps > 0:
         return recipe.adv_eps
     try:
@@ -151,7 +167,7 @@ def train_recipe(
         teacher = load_teacher(teacher_path, input_shape)
 
     torch.manual_seed(recipe.seed)
-    model = build(recipe.arch)
+    model = with_normalisation(build(recipe.arch), recipe.normalisation)
     result = train(
         model,
         recipe.build_method(teacher),
@@ -163,6 +179,8 @@ def train_recipe(
         desc=recipe.name,
         snapshot=snapshot,
     )
+    # The ONNX file reads [0, 1] pixels whatever the training saw: a normalisation goes into the first layer.
+    model = fold_normalisation(model)
     export_onnx(
         model,
         input_shape,
@@ -179,9 +197,15 @@ def train_recipe(
     threads_before = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
-        # Table 6's grid (PGD-50 at every eps of the dataset's grid), plus the training radius.
+        # Table 6's grid (PGD-50 at every eps of the dataset's grid), plus the training radius; the card's keys
+        # are radii on the model's input (pixels), what `certify --eps` takes.
         grid = sorted({*recipe.eval_eps, *([_card_eps(recipe)] if _card_eps(recipe) > 0 else [])})
-        robust = {f"{eps:.6g}": robust_accuracy(model, x, y, eps, seed=recipe.seed) for eps in grid}
+        robust = {
+            f"{recipe.pixel_eps(eps):.6g}": robust_accuracy(
+                model, x, y, recipe.pixel_eps(eps), seed=recipe.seed
+            )
+            for eps in grid
+        }
         agreement = None
         if teacher is not None:
             with torch.no_grad():
@@ -234,6 +258,13 @@ def eps_text(eps: str | float, dataset: str) -> str:
     return f"{k}/255" if dataset != "mnist" and abs(value * 255 - k) < 1e-3 else f"{value:g}"
 
 
+def card_eps_text(pixel_eps: str | float, recipe: Recipe) -> str:
+    """A card radius (pixels) as the paper writes it, with the pixel value beside it for a normalised recipe."""
+    paper_eps = float(pixel_eps) / recipe.eps_scale
+    text = eps_text(paper_eps, recipe.dataset)
+    return text if recipe.normalisation is None else f"{text} ({float(pixel_eps):.4g} in pixels)"
+
+
 def against_the_paper(card: ModelCard, recipe: Recipe) -> list[str]:
     """Card lines comparing the model with the paper's clean accuracy and Table 6, and what was tried where it
     misses the reproduction tolerances."""
@@ -246,11 +277,13 @@ def against_the_paper(card: ModelCard, recipe: Recipe) -> list[str]:
     ]
     misses = abs(100 * card.clean_accuracy - clean) > paper.CLEAN_TOLERANCE
     for key, value in card.robust_accuracy.items():
-        theirs = next((v for e, v in robust.items() if abs(e - float(key)) < 1e-5 and v is not None), None)
+        paper_eps = float(key) / recipe.eps_scale
+        theirs = next((v for e, v in robust.items() if abs(e - paper_eps) < 1e-5 and v is not None), None)
         if theirs is None:
             continue
         cells.append(
-            f"{eps_text(key, recipe.dataset)} {100 * value:.1f}% vs {theirs:.1f}% ({100 * value - theirs:+.1f})"
+            f"{eps_text(paper_eps, recipe.dataset)} {100 * value:.1f}% vs {theirs:.1f}% "
+            f"({100 * value - theirs:+.1f})"
         )
         misses |= abs(100 * value - theirs) > paper.ROBUST_TOLERANCE
     out = [f"- **Against the paper** (ours vs its clean accuracy and Table 6, PGD-50): {'; '.join(cells)}."]
@@ -269,14 +302,21 @@ def _pct(v: float) -> str:
 def render_card(card: ModelCard, recipe: Recipe) -> str:
     """The Markdown card: what the file is, how it was trained, how well it does."""
     rob = (
-        ", ".join(f"{_pct(v)} at eps {eps_text(e, recipe.dataset)}" for e, v in card.robust_accuracy.items())
+        ", ".join(f"{_pct(v)} at eps {card_eps_text(e, recipe)}" for e, v in card.robust_accuracy.items())
         or "not measured"
     )
     lines = [
         f"# `{card.file}`: {recipe.name}",
         "",
-        f"- **Network**: {card.architecture}; {card.parameters:,} parameters. Input pixels in [0, 1], no "
-        "normalisation; output logits (no softmax).",
+        f"- **Network**: {card.architecture}; {card.parameters:,} parameters. Input pixels in [0, 1]"
+        + (
+            f", trained on (x - {recipe.normalisation[0]:g}) / {recipe.normalisation[1]:g}, which the first "
+            f"layer holds: radii below are in those units as the paper gives them, with the pixel radius that "
+            f"`certify --eps` takes beside them"
+            if recipe.normalisation is not None
+            else ", no normalisation"
+        )
+        + "; output logits (no softmax).",
         f"- **Method**: {recipe.describe_method()}.",
     ]
     if card.teacher is not None:
