@@ -96,6 +96,19 @@ def test_eps_zero_bounds_are_the_exact_gap(tmp_path: Path) -> None:
             assert exact[r.index] <= ub <= exact[r.index] + 1e-4
 
 
+def test_eps_zero_covers_float32_softmax_rounding(shipped_pair_paths: tuple[Path, Path]) -> None:
+    """Confident outputs (softmax near 1): onnxruntime's float32 softmax rounds to multiples of 2^-24, which a
+    logit margin alone does not cover (point 3 of the sample: its gap 6.06596e-4 against the exact 6.06504e-4,
+    and the bound was 6.06514e-4 before the softmax evaluation margin)."""
+    pair = load_pair(*shipped_pair_paths)
+    x0 = load_dataset(shipped_pair_paths[0].parent / "sample.npz").x[:12].reshape(12, *pair.input_shape)
+    gaps = np.abs(pair.gap_onnxruntime(x0)).max(axis=1)
+    for r in run(pair, x0, [0.0], methods=(BoundMethod.IBP, BoundMethod.CROWN, BoundMethod.COUPLED)):
+        assert gaps[r.index] <= r.emp_lb <= r.faith_ub <= gaps[r.index] + 1e-5, r
+        for ub in r.bounds.values():
+            assert gaps[r.index] <= ub
+
+
 @pytest.mark.slow
 def test_shipped_pair_is_sound(shipped_pair_paths: tuple[Path, Path]) -> None:
     teacher, student = shipped_pair_paths

@@ -46,6 +46,7 @@ from faithverify.bounds.softmax import (
     FaithfulnessBound,
     LogitDiffBounds,
     faithfulness_bound,
+    gap_eval_margin,
     softmax_bounds,
 )
 from faithverify.bounds.torchnet import BoundNetwork
@@ -55,11 +56,13 @@ from faithverify.bounds.torchnet import BoundNetwork
 _EXP_CLIP = 60.0
 
 
-def coupled_margin(d_abs_max: np.ndarray) -> np.ndarray:
+def coupled_margin(d_abs_max: np.ndarray, num_classes: int) -> np.ndarray:
     """Float32 evaluation can move each logit difference by ``LOGIT_MARGIN + RELATIVE_MARGIN |d|``; a softmax
     output moves by at most a quarter of the sum of those moves (``|d sigma_i / d d_j| <= 1/4`` summed over
-    ``j`` is at most ``sigma_i (1 - sigma_i) <= 1/4`` per unit), for each of the two networks, plus rounding."""
-    return 2 * 0.25 * (LOGIT_MARGIN + RELATIVE_MARGIN * d_abs_max) + 1e-12
+    ``j`` is at most ``sigma_i (1 - sigma_i) <= 1/4`` per unit), for each of the two networks; then float32's
+    own softmax and subtraction (:func:`~faithverify.bounds.softmax.gap_eval_margin`), plus float64 rounding."""
+    logit_part = 2 * 0.25 * (LOGIT_MARGIN + RELATIVE_MARGIN * d_abs_max)
+    return logit_part + gap_eval_margin(num_classes) + 1e-12
 
 
 @dataclass(frozen=True)
@@ -293,7 +296,8 @@ def coupled_bound(
     assert best is not None
     d_max = np.maximum(np.abs(diffs[0].lower), np.abs(diffs[0].upper)).max(axis=(1, 2))
     d_max = np.maximum(d_max, np.maximum(np.abs(diffs[1].lower), np.abs(diffs[1].upper)).max(axis=(1, 2)))
-    best = np.nan_to_num(best, nan=1.0, posinf=1.0) + coupled_margin(d_max)[:, None, None]
+    margin = coupled_margin(d_max, diffs[0].lower.shape[1])
+    best = np.nan_to_num(best, nan=1.0, posinf=1.0) + margin[:, None, None]
     per_term = np.clip(np.minimum(eq6_terms, best), 0.0, 1.0)
     value = per_term.max(axis=(1, 2))
     return CoupledBound(value=value, eq6=eq6.value, per_term=per_term, coupled_won=value < eq6.value - 1e-12)

@@ -9,10 +9,16 @@ before use. That covers (a) the rounding of the float64 bound propagation that p
 few thousand products, worst-case error ~n·2^-53·sum|terms|, below 1e-9 for any net whose absolute terms sum to
 less than 1e4 per unit) and (b) float32 evaluation of logits of size up to a few hundred (a float32 ulp at 256
 is 3e-5, so 1e-6 relative plus 1e-5 absolute leaves room for the error of a few hundred accumulated ulps,
-measured at most ~1e-6 on our MNIST nets). Everything after runs in float64, and the softmax interval is widened
-outward by :data:`SOFTMAX_RELATIVE_MARGIN`, which covers the few ulps of error in ``exp``, a sum of at most a
-few hundred terms and a reciprocal. Widening the logit differences by 1e-5 moves a softmax bound by at most
-~1e-5, far below the resolution anyone reads FaithUB at.
+measured at most ~1e-6 on our MNIST nets). Everything after runs in float64.
+
+The softmax itself is evaluated in float32 too, and a logit margin does not cover that: for a confident output
+(``sigma`` near 1) a logit moves ``sigma`` by only ``sigma (1 - sigma)`` per unit, while float32 rounds
+``sigma`` to a multiple of 2^-24. Measured on the MNIST pair at eps 0: onnxruntime's gap 6.06596e-4 where the
+exact gap is 6.06504e-4, 9e-8 above it. So each softmax interval is widened outward by the relative error of a
+float32 softmax output, :func:`softmax_eval_error` (``exp`` within a few ulps, a sum of C terms, a division:
+``(C + 8) 2^-24``, generous), which also covers the float64 rounding of eq. 5; and a faithfulness bound gets
+:data:`GAP_ROUNDING` for the float32 subtraction of two probabilities. Together about 1e-6 on 10 classes, far
+below the resolution anyone reads FaithUB at.
 """
 
 from __future__ import annotations
@@ -24,7 +30,18 @@ import torch
 
 LOGIT_MARGIN = 1e-5
 RELATIVE_MARGIN = 1e-6
-SOFTMAX_RELATIVE_MARGIN = 1e-12
+GAP_ROUNDING = 2.0**-24  # float32 rounding of p_t - p_s, both in [0, 1]
+
+
+def softmax_eval_error(num_classes: int) -> float:
+    """Relative error of one softmax output as float32 evaluates it (module docstring)."""
+    return (num_classes + 8) * 2.0**-24
+
+
+def gap_eval_margin(num_classes: int) -> float:
+    """Absolute float32 evaluation error of ``sigma_t,i - sigma_s,i``: each probability (at most 1) off by its
+    relative error, plus the subtraction's rounding."""
+    return 2 * softmax_eval_error(num_classes) + GAP_ROUNDING
 
 
 def float_margin(value: np.ndarray, weight: float = 1.0) -> np.ndarray:
@@ -108,8 +125,9 @@ def softmax_bounds(d: LogitDiffBounds) -> SoftmaxBounds:
     eye = np.eye(c, dtype=bool)[None]
     lb = _inv_one_plus_sum_exp(np.where(eye, -np.inf, d.upper))
     ub = _inv_one_plus_sum_exp(np.where(eye, -np.inf, d.lower))
-    lb = np.clip(lb * (1.0 - SOFTMAX_RELATIVE_MARGIN), 0.0, 1.0)
-    ub = np.clip(ub * (1.0 + SOFTMAX_RELATIVE_MARGIN), 0.0, 1.0)
+    r = softmax_eval_error(c)
+    lb = np.clip(lb * (1.0 - r), 0.0, 1.0)
+    ub = np.clip(ub * (1.0 + r), 0.0, 1.0)
     # Each softmax output also lies in [0, 1] and the outputs sum to 1: sigma_i <= 1 - sum_{k != i} sigma_k^lb.
     ub = np.minimum(ub, np.clip(1.0 - (lb.sum(axis=1, keepdims=True) - lb) + 1e-12, 0.0, 1.0))
     return SoftmaxBounds(lower=lb, upper=ub)
@@ -125,8 +143,9 @@ class FaithfulnessBound:
 
 
 def faithfulness_bound(teacher: SoftmaxBounds, student: SoftmaxBounds) -> FaithfulnessBound:
-    """Eq. 6: ``max_i max(sigma_t,i^ub - sigma_s,i^lb, sigma_s,i^ub - sigma_t,i^lb)``, clipped to [0, 1]."""
-    per_class = np.maximum(teacher.upper - student.lower, student.upper - teacher.lower)
+    """Eq. 6: ``max_i max(sigma_t,i^ub - sigma_s,i^lb, sigma_s,i^ub - sigma_t,i^lb)``, plus the float32 rounding
+    of the subtraction (:data:`GAP_ROUNDING`), clipped to [0, 1]."""
+    per_class = np.maximum(teacher.upper - student.lower, student.upper - teacher.lower) + GAP_ROUNDING
     per_class = np.clip(per_class, 0.0, 1.0)
     return FaithfulnessBound(
         value=per_class.max(axis=1), argmax_class=per_class.argmax(axis=1), per_class=per_class
