@@ -2,6 +2,7 @@
 
     python benchmarks/delta_decisions.py                       # MNIST pair, 50 points, eps 0.1, delta 0.3, 10 s
     python benchmarks/delta_decisions.py --eps 0.05 --delta 0.1 0.2 --points 100
+    python benchmarks/delta_decisions.py --paper-units --eps 0.1 0.15     # the paper's radii, mapped to pixels
 
 For each (eps, delta): certified / violated / unknown, the stage that decided each point, how the refinements
 ended (decided, given up as out of reach of every sound bound, out of time) and the refinement's median time.
@@ -23,6 +24,7 @@ from faithverify.attack_config import PGDConfig
 from faithverify.certify import CertifyConfig, certify
 from faithverify.methods import BoundMethod
 from faithverify.pair import load_pair
+from faithverify.train.run import eps_scale
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -34,6 +36,11 @@ def main() -> None:
     parser.add_argument("--points", type=int, default=50)
     parser.add_argument("--eps", type=float, nargs="+", default=[0.1])
     parser.add_argument("--delta", type=float, nargs="+", default=[0.3])
+    parser.add_argument(
+        "--paper-units",
+        action="store_true",
+        help="--eps in the paper's units: scaled to the models' pixel input by the teacher card's recipe",
+    )
     parser.add_argument("--timeout", type=float, default=10.0)
     parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "delta_decisions.md")
     args = parser.parse_args()
@@ -46,7 +53,10 @@ def main() -> None:
         "time | refinement s (median) | total s |",
         "|---|---|---|---|---|---|---|",
     ]
-    for eps in args.eps:
+    scale = eps_scale(args.teacher)
+    for paper_eps in args.eps:
+        eps = paper_eps * scale if args.paper_units else paper_eps
+        label = f"{eps / scale:g} ({eps:.4g} px)" if scale != 1.0 else f"{eps:g}"
         for delta in args.delta:
             config = CertifyConfig(
                 eps=[eps], methods=(BoundMethod.CROWN, BoundMethod.COUPLED), pgd=PGDConfig(), robustness=False,
@@ -67,7 +77,7 @@ def main() -> None:
             key = config.refine_key
             median = statistics.median(p.seconds.get(key, 0.0) for p in refined) if refined else 0.0
             lines.append(
-                f"| {eps:g} | {delta:g} | {' / '.join(map(str, counts))} | "
+                f"| {label} | {delta:g} | {' / '.join(map(str, counts))} | "
                 f"{', '.join(f'{k} {n}' for k, n in sorted(by.items(), key=lambda kv: -kv[1]))} | "
                 f"{decided} / {reach} / {timed} of {len(refined)} | {median:.1f} | {total:.0f} |"
             )

@@ -2,6 +2,7 @@
 
     python benchmarks/gap.py                                     # shipped MNIST FD pair, 50 points, eps 0.1
     python benchmarks/gap.py --points 200 --eps 0.025 0.05 0.1 --timeout 10 --jobs 2
+    python benchmarks/gap.py --paper-units --eps 0.1 0.15     # the paper's radii (normalised), mapped to pixels
     python benchmarks/gap.py --teacher models/fashion-mnist/teacher.onnx --student ... --data ...
 
 Every method runs `certify` on the same points (the same attack, so EmpLB differs only where a refinement found
@@ -41,6 +42,7 @@ from faithverify.certify import CertifyConfig, RefineMode, certify
 from faithverify.data import load_dataset
 from faithverify.pair import Pair, load_pair
 from faithverify.results import PointResult
+from faithverify.train.run import eps_scale
 
 REPO = Path(__file__).resolve().parents[1]
 PAPER_FD = {0.025: 0.054, 0.05: 0.094, 0.1: 0.248, 0.15: 0.588, 0.2: 0.884}  # Table 2, MNIST, FD, FaithUB
@@ -123,6 +125,11 @@ def main() -> None:
     parser.add_argument("--data-root", default=None)
     parser.add_argument("--points", type=int, default=50)
     parser.add_argument("--eps", type=float, nargs="+", default=[0.1])
+    parser.add_argument(
+        "--paper-units",
+        action="store_true",
+        help="--eps in the paper's units: scaled to the models' pixel input by the teacher card's recipe",
+    )
     parser.add_argument("--timeout", type=float, default=10.0, help="refinement seconds per point")
     parser.add_argument("--jobs", type=int, default=1)
     parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
@@ -137,6 +144,8 @@ def main() -> None:
     data = load_dataset(args.data, "test", data_root=args.data_root)
     x = data.x[: args.points].reshape(-1, *pair.input_shape)
     shipped_fd = args.student.name == "student-fd.onnx" and args.student.parent.name == "mnist"
+    scale = eps_scale(args.teacher)
+    grid = [e * scale for e in args.eps] if args.paper_units else list(args.eps)
 
     head = (
         "| eps | method | mean FaithUB | mean EmpLB (best) | exact within 0.01 | within 0.001 | s/point | coupled won "
@@ -144,11 +153,13 @@ def main() -> None:
     )
     lines = [head, "|---|---|---|---|---|---|---|---|---|"]
     extra: list[str] = []
-    for eps in args.eps:
+    for eps in grid:
+        paper_eps = eps / scale  # the radius in the paper's units (the models read pixels)
+        label = f"{paper_eps:g} ({eps:.4g} px)" if scale != 1.0 else f"{eps:g}"
         results: dict[str, tuple[list[PointResult], float]] = {}
         for name in args.methods:
             results[name] = run(pair, x, eps, name, args.timeout, args.jobs)
-            print(f"eps {eps:g} {name}: {results[name][1]:.0f} s", file=sys.stderr, flush=True)
+            print(f"eps {label} {name}: {results[name][1]:.0f} s", file=sys.stderr, flush=True)
         emp = np.max([[p.emp_lb for p in pts] for pts, _ in results.values()], axis=0)
         best_ub = np.min([[p.faith_ub for p in pts] for pts, _ in results.values()], axis=0)
         rows = [
@@ -161,10 +172,11 @@ def main() -> None:
                 for p in pts
                 if p.faith_ub_method == "coupled" or (p.milp is not None and p.milp.won == "coupled")
             )
-            paper = f"{PAPER_FD[eps]:.3f}" if shipped_fd and eps in PAPER_FD else "-"
+            theirs = next((v for k, v in PAPER_FD.items() if abs(k - paper_eps) < 1e-3), None)
+            paper = f"{theirs:.3f}" if shipped_fd and theirs is not None else "-"
             per_point = "-" if np.isnan(total) else f"{total / len(x):.2f}"
             lines.append(
-                f"| {eps:g} | {name} | {ub.mean():.4f} | {emp.mean():.4f} | {np.mean(ub - emp <= 0.01):.0%} "
+                f"| {label} | {name} | {ub.mean():.4f} | {emp.mean():.4f} | {np.mean(ub - emp <= 0.01):.0%} "
                 f"| {np.mean(ub - emp <= 1e-3):.0%} | {per_point} | {won if pts else '-'} | {paper} |"
             )
             print(lines[-1], flush=True)
@@ -173,7 +185,7 @@ def main() -> None:
             strong = reference_attack(pair, x[:k], eps)
             beaten = int(np.sum(strong > emp[:k] + 1e-3))
             extra.append(
-                f"- eps {eps:g}: the independent attack beat the best EmpLB by more than 1e-3 on {beaten} of {k} "
+                f"- eps {label}: the independent attack beat the best EmpLB by more than 1e-3 on {beaten} of {k} "
                 f"points (its mean {strong.mean():.4f}, ours {emp[:k].mean():.4f})."
             )
             print(extra[-1], flush=True)

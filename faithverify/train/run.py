@@ -81,6 +81,14 @@ def recipe_of(card: ModelCard) -> Recipe | None:
     )
 
 
+def eps_scale(onnx_path: Path) -> float:
+    """Pixels per unit of the paper's radii for a model with a card (its recipe's normalisation std), 1 for a
+    model without one: what turns the paper's eps into the ``--eps`` this model takes."""
+    card = card_paths(onnx_path)[0]
+    recipe = recipe_of(ModelCard.read(card)) if card.exists() else None
+    return recipe.eps_scale if recipe is not None else 1.0
+
+
 def card_paths(onnx_path: Path) -> tuple[Path, Path]:
     """``(<stem>.card.json, <stem>.card.md)`` beside the ONNX file."""
     stem = onnx_path.with_suffix("")
