@@ -381,7 +381,9 @@ def _milp_summary(points: list[PointResult], timeout: float, *, all_pairs: bool)
     out_of_time = f"{spent} ran out of the --timeout of {timeout:g} s (their bounds are sound, not tight)"
     if all_pairs:
         exact = sum(1 for _, r in refinements if r.exact and not r.timed_out)
-        return f"{head}; {exact} exact, {len(refinements) - exact - spent} not exact, {out_of_time}"
+        known = sum(1 for p in points if p.milp is None and p.exact)
+        skipped = f"; {known} left alone, their worst gap already known" if known else ""
+        return f"{head}; {exact} exact, {len(refinements) - exact - spent} not exact, {out_of_time}{skipped}"
     decided = sum(1 for p, _ in refinements if p.decided_by in keys)
     given_up = sum(1 for _, r in refinements if r.out_of_reach)
     return (

@@ -3,6 +3,7 @@ sampling; verdicts with witnesses that onnxruntime confirms."""
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import numpy as np
@@ -37,7 +38,7 @@ def run(pair: Pair, x0: np.ndarray, **kwargs: object) -> list:
 
 def test_all_pairs_milp_is_ordered_and_sound(pair: Pair) -> None:
     x0 = np.random.default_rng(0).random((5, 6), dtype=np.float32)
-    results = run(pair, x0, refine_mode=RefineMode.ALL, refiners=(Refiner.MILP,))
+    results = run(pair, x0, refine_mode=RefineMode.ALL, refiners=(Refiner.MILP,), refine_known=True)
     assert len(results) == 10
     for r in results:
         milp = r.bounds["milp"]
@@ -52,9 +53,29 @@ def test_all_pairs_milp_is_ordered_and_sound(pair: Pair) -> None:
             assert s <= r.bounds["milp"]
 
 
+def test_refining_every_point_skips_points_already_known(pair: Pair) -> None:
+    """Issue 15: a point whose FaithUB meets its EmpLB (within EXACT_GAP) is exact, and the refinement leaves it
+    alone unless asked (refine_known, for the paper's eq. 4-6 on every point)."""
+    from faithverify.results import EXACT_GAP
+
+    x0 = np.random.default_rng(0).random((5, 6), dtype=np.float32)
+    config = CertifyConfig(
+        eps=[0.0, 0.05], methods=(BoundMethod.CROWN, BoundMethod.COUPLED), pgd=PGDConfig(steps=20, restarts=2),
+        robustness=False, device="cpu", solver=Solver.HIGHS, milp_timeout=30, refine_mode=RefineMode.ALL,
+    )  # fmt: skip
+    skipping = certify(pair, x0, None, config, progress=False)
+    known = [r for r in skipping if r.faith_ub - r.emp_lb <= EXACT_GAP]
+    assert any(r.eps == 0.0 for r in known) and len(known) < len(skipping)
+    for r in skipping:
+        assert (r.milp is None) == (r.faith_ub - r.emp_lb <= EXACT_GAP), r
+        assert r.exact or r.milp is not None
+    every = certify(pair, x0, None, dataclasses.replace(config, refine_known=True), progress=False)
+    assert all(r.milp is not None for r in every)
+
+
 def test_milp_is_tighter_than_crown_somewhere(pair: Pair) -> None:
     x0 = np.random.default_rng(1).random((6, 6), dtype=np.float32)
-    results = run(pair, x0, refine_mode=RefineMode.ALL, refiners=(Refiner.MILP,))
+    results = run(pair, x0, refine_mode=RefineMode.ALL, refiners=(Refiner.MILP,), refine_known=True)
     assert any(r.bounds["milp"] < r.bounds["crown"] - 1e-3 for r in results)
 
 
@@ -89,7 +110,7 @@ def test_process_pool_gives_the_same_bounds(pair: Pair, tmp_path: Path) -> None:
     x0 = np.random.default_rng(3).random((3, 6), dtype=np.float32)
     serial = {
         (r.index, r.eps): r.bounds["milp"]
-        for r in run(pair, x0, refine_mode=RefineMode.ALL, refiners=(Refiner.MILP,))
+        for r in run(pair, x0, refine_mode=RefineMode.ALL, refiners=(Refiner.MILP,), refine_known=True)
     }
     parallel = {
         (r.index, r.eps): r.bounds["milp"]
