@@ -22,7 +22,7 @@ install: $(BIN)/faithverify
 
 demo: install
 	$(BIN)/faithverify certify models/mnist/teacher.onnx models/mnist/student-fd.onnx \
-		--eps 0.025 --eps 0.05 --eps 0.1 --out out/demo.jsonl --resume
+		--eps 0.0154 --eps 0.0308 --eps 0.0616 --out out/demo.jsonl --resume
 
 lint: install
 	$(BIN)/ruff check .
