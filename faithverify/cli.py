@@ -18,6 +18,7 @@ import click
 from faithverify import __version__
 from faithverify.cli_gate import gate
 from faithverify.cli_report import heatmap, report
+from faithverify.cli_robustness import export_robustness
 from faithverify.cli_support import (
     OneLineErrors,
     attack_options,
@@ -443,7 +444,18 @@ def summary(results: Path, as_json: bool, csv_path: Path | None) -> None:
 
 
 # The other command groups live in their own modules; registering them here keeps one `faithverify` entry point.
-for command in (recipes, train_teacher, distill, report, heatmap, gate, export_vnn, bench, verify_instance):
+for command in (
+    recipes,
+    train_teacher,
+    distill,
+    report,
+    heatmap,
+    gate,
+    export_vnn,
+    export_robustness,
+    bench,
+    verify_instance,
+):
     main.add_command(command)
 
 if __name__ == "__main__":
