@@ -383,11 +383,17 @@ def select_points(
     if lo < domain[0] or hi > domain[1]:
         raise DataError(f"the data's values span [{lo:g}, {hi:g}], outside the domain {list(domain)}")
     labels = dataset.y[start:stop] if dataset.y is not None else None
-    if labels is not None and num_classes is not None and len(labels):
-        bad = np.flatnonzero((labels < 0) | (labels >= num_classes))
-        if len(bad):
-            raise DataError(
-                f"label {int(labels[bad[0]])} of point {start + int(bad[0])} is not a class of the model "
-                f"(0 .. {num_classes - 1}); {len(bad)} labels are out of range"
-            )
+    if labels is not None and num_classes is not None:
+        check_label_range(labels, np.arange(start, stop), num_classes)
     return Points(x, labels, np.arange(start, stop), source)
+
+
+def check_label_range(labels: np.ndarray, indices: np.ndarray, num_classes: int) -> None:
+    """A DataError naming the first label that is not one of ``num_classes`` classes (``indices``: the points'
+    dataset indices, for the message)."""
+    bad = np.flatnonzero((labels < 0) | (labels >= num_classes))
+    if len(bad):
+        raise DataError(
+            f"label {int(labels[bad[0]])} of point {int(indices[bad[0]])} is not a class of the model "
+            f"(0 .. {num_classes - 1}); {len(bad)} labels are out of range"
+        )

@@ -60,7 +60,7 @@ def _copy(model: onnx.ModelProto) -> onnx.ModelProto:
     return out
 
 
-def _batch_of_one(model: onnx.ModelProto) -> None:
+def batch_of_one(model: onnx.ModelProto) -> None:
     """Fix axis 0 of the graph's real inputs and its outputs to 1 (in place)."""
     initializers = {i.name for i in model.graph.initializer}
     values = [v for v in model.graph.input if v.name not in initializers] + list(model.graph.output)
@@ -82,7 +82,7 @@ def gap_only_onnx(paired: onnx.ModelProto) -> onnx.ModelProto:
         raise ValueError(f"not a paired graph: it has no output {GAP!r}")
     del model.graph.output[:]
     model.graph.output.extend(keep)
-    _batch_of_one(model)
+    batch_of_one(model)
     model.doc_string = "Paired teacher/student graph with one output: gap = softmax(z_t) - softmax(z_s)."
     onnx.checker.check_model(model)
     return model
@@ -109,7 +109,7 @@ def with_softmax(logits_model: onnx.ModelProto) -> onnx.ModelProto:
     out.name = name
     del graph.output[:]
     graph.output.append(out)
-    _batch_of_one(model)
+    batch_of_one(model)
     onnx.checker.check_model(model)
     return model
 

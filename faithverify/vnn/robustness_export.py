@@ -26,9 +26,10 @@ from pathlib import Path
 import numpy as np
 import onnx
 
+from faithverify.data import check_label_range
 from faithverify.errors import DataError, ModelLoadError, ResultsFileError
 from faithverify.onnx_io import LoadedModel, load_model, run_onnxruntime
-from faithverify.vnn.export import ball
+from faithverify.vnn.export import ball, batch_of_one
 from faithverify.vnn.vnnlib import (
     Box,
     Conjunct,
@@ -106,25 +107,15 @@ def check_labels(
             raise DataError("the labels are not whole numbers")
         labels = rounded
     labels = labels.astype(np.int64)
-    bad = np.flatnonzero((labels < 0) | (labels >= n_classes))
-    if len(bad):
-        k = int(bad[0])
-        raise DataError(
-            f"label {int(labels[k])} of point {int(indices[k])} is not a class of the model (0 .. {n_classes - 1})"
-        )
+    check_label_range(labels, np.asarray(indices), n_classes)
     return labels
 
 
-def batch_of_one(model: onnx.ModelProto) -> onnx.ModelProto:
-    """A copy of the logits model with axis 0 of its real inputs and its outputs fixed to 1."""
+def model_of_batch_one(model: onnx.ModelProto) -> onnx.ModelProto:
+    """A checked copy of the logits model with axis 0 of its inputs and outputs fixed to 1."""
     out = onnx.ModelProto()
     out.CopyFrom(model)
-    initializers = {i.name for i in out.graph.initializer}
-    for value in [v for v in out.graph.input if v.name not in initializers] + list(out.graph.output):
-        dims = value.type.tensor_type.shape.dim
-        if dims:
-            dims[0].Clear()
-            dims[0].dim_value = 1
+    batch_of_one(out)
     onnx.checker.check_model(out)
     return out
 
@@ -179,7 +170,7 @@ def export_robustness_suite(
     n_classes = model.num_classes
     y = check_labels(labels, indices, n_classes)
     x = np.asarray(x, dtype=np.float32)
-    exported = batch_of_one(model.onnx_model)
+    exported = model_of_batch_one(model.onnx_model)
     correct = correctly_classified(checked_logits(model, exported, x), y) if len(x) else np.zeros(0, bool)
     name = model.path.name if model.path else "model"
 
