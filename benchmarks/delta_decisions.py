@@ -53,6 +53,10 @@ def main() -> None:
         "time | refinement s (median) | total s |",
         "|---|---|---|---|---|---|---|",
     ]
+    open_rows = [
+        "| eps | delta | point | EmpLB | eq. 6 | coupled (after its search) | coupled terms searched | ended |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
     scale = eps_scale(args.teacher)
     for paper_eps in args.eps:
         eps = paper_eps * scale if args.paper_units else paper_eps
@@ -82,6 +86,16 @@ def main() -> None:
                 f"{decided} / {reach} / {timed} of {len(refined)} | {median:.1f} | {total:.0f} |"
             )
             print(lines[-1], flush=True)
+            for p in refined:
+                if p.verdict != "unknown" or p.milp is None:
+                    continue
+                m = p.milp
+                ended = "out of reach" if m.out_of_reach else "out of time" if m.timed_out else "-"
+                coupled = "-" if m.coupled is None else f"{m.coupled:.4f}"
+                open_rows.append(
+                    f"| {label} | {delta:g} | {p.index} | {p.emp_lb:.4f} | {m.eq6:.4f} | {coupled} | {m.searched} "
+                    f"| {ended} |"
+                )
     text = "\n".join([
         "# certify --delta: which points are decided, and by what",
         "",
@@ -90,6 +104,10 @@ def main() -> None:
         f"Command: `python benchmarks/delta_decisions.py {' '.join(sys.argv[1:])}`",
         "",
         *lines,
+        "",
+        "The points left unknown after their refinement (EmpLB below delta, every bound above it):",
+        "",
+        *open_rows,
         "",
     ])  # fmt: skip
     args.out.parent.mkdir(parents=True, exist_ok=True)

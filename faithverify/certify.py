@@ -369,6 +369,7 @@ def finish_refinement(
         eq6=result.eq6,
         coupled=result.coupled,
         won="coupled" if result.coupled is not None and result.coupled < result.eq6 else "eq6",
+        searched=result.searched,
     )
     record.seconds[key] = result.seconds
     if config.delta is not None:

@@ -29,6 +29,11 @@ Each solve stops as soon as what it serves is settled, not at optimality:
 
 Every bound used is a solver's dual bound plus a margin (:mod:`faithverify.bounds.milp.model`), intersected
 with CROWN's. The incumbents' inputs are kept as candidate witnesses for the attack's lower bound.
+
+Last, the coupled bound (:mod:`faithverify.bounds.coupled`) on the final per-network bounds, and, with branch
+and bound among the exact methods, a search on its largest terms over the paired network
+(:mod:`faithverify.bounds.coupled_bab`) with the time left (at least ``_SEARCH_SHARE`` of the budget): it can
+decide a point that eq. 6 cannot reach with any per-network bounds.
 """
 
 from __future__ import annotations
@@ -42,7 +47,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from faithverify.bounds.coupled import coupled_bound
+from faithverify.bounds.coupled import CoupledBound, coupled_bound
+from faithverify.bounds.coupled_bab import search_terms
 from faithverify.bounds.crown import Box, LayerBounds, intermediate_bounds
 from faithverify.bounds.milp import Solver
 from faithverify.bounds.milp.backends import Status
@@ -55,6 +61,9 @@ _NEGLIGIBLE = 1e-9  # a bound this close to a value the network takes needs no s
 # Of a point's time budget, what is kept for the coupled bound on the final bounds (at most a second): the
 # solves stop earlier by that much, so that the point's answer, its last stage included, is in time.
 _FINAL_SHARE, _FINAL_MAX = 0.1, 1.0
+# Of the budget, what is kept for branch and bound on the coupled terms at the end (bounds/coupled_bab.py), with
+# whatever the per-network solves leave.
+_SEARCH_SHARE = 0.3
 
 
 @dataclass
@@ -63,7 +72,7 @@ class RefineResult:
 
     faith_ub: float
     solves: int
-    exact: bool  # FaithUB is what exact solves of every pair would give (not cut short by a time limit)
+    exact: bool  # eq6 is what exact solves of every pair would give (not cut short by a time limit)
     timed_out: bool  # the time budget ran out before the stopping rule was met
     seconds: float
     solver: str
@@ -71,6 +80,7 @@ class RefineResult:
     out_of_reach: bool = False  # with delta: no per-network bound could bring eq. 6 down to delta
     coupled: float | None = None  # the coupled bound on the final per-network bounds (bounds/coupled.py)
     eq6: float = 1.0  # eq. 6 on the final per-network bounds (faith_ub is the smaller of this and coupled)
+    searched: int = 0  # branch-and-bound searches on coupled terms (bounds/coupled_bab.py)
 
 
 @dataclass
@@ -302,9 +312,12 @@ def refine_point(
     of the solves before: an early incumbent above a cut-off ends a solve at once."""
     start = time.perf_counter()
     # The budget covers every stage: the solves (and building their solvers) stop by ``solve_deadline``, the
-    # coupled bound on the final bounds by ``deadline``.
+    # coupled bound on the final bounds and the search on its terms by ``deadline``.
+    search = Refiner.BAB in refiners
     deadline = time.monotonic() + time_budget
     solve_deadline = deadline - min(_FINAL_SHARE * time_budget, _FINAL_MAX)
+    if search:
+        solve_deadline -= _SEARCH_SHARE * time_budget
     if delta is not None:
         # Certified means FaithUB < delta (faithverify.verdict): the rules below compare with <=, so they get the
         # largest float below delta.
@@ -325,6 +338,13 @@ def refine_point(
     coupled_hope: bool | None = None
     solves = 0
     witnesses: list[np.ndarray] = []
+
+    def finish(timed_out: bool, out_of_reach: float | None = None) -> RefineResult:
+        return _result(
+            teacher, student, solves, timed_out, start, witnesses, anchors, deadline, out_of_reach,
+            target=delta, search=search,
+        )  # fmt: skip
+
     while True:
         terms = _terms(teacher, student)
         worst = float(terms.max())
@@ -339,16 +359,14 @@ def refine_point(
         if worst <= floor + _NEGLIGIBLE:  # no sound bound can lower FaithUB any further
             break
         if time.monotonic() >= solve_deadline:
-            return _result(teacher, student, solves, True, start, witnesses, anchors, deadline)
+            return finish(timed_out=True)
         if delta is not None and floor > delta:
             # Eq. 6 cannot reach delta with any per-network bounds. The coupled bound still may, if these bounds
             # were at the values the networks reach: keep solving then, else give up at once.
             if coupled_hope is None:
                 coupled_hope = _coupled(teacher, student, anchors, solve_deadline, optimistic=True) <= delta
             if not coupled_hope:
-                return _result(
-                    teacher, student, solves, False, start, witnesses, anchors, deadline, out_of_reach=delta
-                )
+                return finish(timed_out=False, out_of_reach=delta)
         # Only the largest term can lower FaithUB: one of its bounds is solved next (_pick_bound).
         direction, cls = (int(k) for k in np.unravel_index(int(terms.argmax()), terms.shape))
         picked = _pick_bound(teacher, student, direction, cls, worst)
@@ -358,7 +376,7 @@ def refine_point(
         side.exact  # noqa: B018  (built first: its root bounds are part of the budget, not extra to it)
         remaining = solve_deadline - time.monotonic()
         if remaining <= 0:
-            return _result(teacher, student, solves, True, start, witnesses, anchors, deadline)
+            return finish(timed_out=True)
         limit = remaining if solve_limit is None else min(solve_limit, remaining)
         cutoff = None
         if delta is not None and (i, j) not in side.cut:
@@ -389,7 +407,7 @@ def refine_point(
             witnesses.append(result.witness)
             for s in sides:
                 s.observe(result.witness[None])
-    return _result(teacher, student, solves, False, start, witnesses, anchors, deadline)
+    return finish(timed_out=False)
 
 
 def _make_side(
@@ -447,6 +465,16 @@ def _coupled(
 ) -> float:
     """The coupled FaithUB (bounds/coupled.py) on the two sides' current bounds; ``optimistic``: on the values
     seen instead of every bound that is not final (not sound: what the coupled bound could reach at best)."""
+    return float(_coupled_bound(teacher, student, anchors, deadline, optimistic).value[0])
+
+
+def _coupled_bound(
+    teacher: _Side,
+    student: _Side,
+    anchors: list[np.ndarray],
+    deadline: float | None = None,
+    optimistic: bool = False,
+) -> CoupledBound:
     device = teacher.net.device
     # torch.tensor copies: the box may be a read-only array (one that came through Ray's object store).
     lo, hi = (torch.tensor(b.reshape(1, -1), device=device) for b in teacher.box)
@@ -457,10 +485,7 @@ def _coupled(
         else (teacher.bounds(), student.bounds())
     )
     layers = (teacher.layers(), student.layers())
-    result = coupled_bound(
-        (teacher.net, student.net), layers, diffs, Box.of(lo, hi), points, deadline=deadline
-    )
-    return float(result.value[0])
+    return coupled_bound((teacher.net, student.net), layers, diffs, Box.of(lo, hi), points, deadline=deadline)
 
 
 def _optimistic_bounds(side: _Side) -> LogitDiffBounds:
@@ -479,15 +504,33 @@ def _result(
     start: float,
     witnesses: list[np.ndarray],
     anchors: list[np.ndarray],
-    deadline: float | None = None,
+    deadline: float,
     out_of_reach: float | None = None,
+    *,
+    target: float | None = None,
+    search: bool = False,
 ) -> RefineResult:
     """The refinement's answer (its coupled bound optimised until ``deadline`` at most); ``out_of_reach``: the
     delta that eq. 6 was found unable to reach (reported as out of reach unless the coupled bound reaches it
-    after all)."""
+    after all). With ``search``, the time left goes to branch and bound on the largest terms' coupled forms
+    (bounds/coupled_bab.py), until every term is ``<= target`` (None: as low as the largest term goes)."""
     terms = _terms(teacher, student)
     value = float(terms.max())
-    coupled = _coupled(teacher, student, [*anchors, *witnesses[-1:]], deadline)
+    final = _coupled_bound(teacher, student, [*anchors, *witnesses[-1:]], deadline)
+    coupled = float(final.value[0])
+    searched = 0
+    if search and (target is None or min(value, coupled) > target) and time.monotonic() < deadline:
+        outcome = search_terms(
+            (teacher.net, student.net),
+            (teacher.layers(), student.layers()),
+            (teacher.bounds(), student.bounds()),
+            *teacher.box,
+            anchors[0],
+            final.per_term[0],
+            target=target,
+            deadline=deadline,
+        )
+        coupled, searched = min(coupled, float(outcome.terms.max())), outcome.searched
     # Exact: exact solves of every pair would give the same FaithUB. So it is at the floor, or when every bound
     # of the largest term is final and none of them is a dual bound left by a time limit.
     direction, cls = (int(k) for k in np.unravel_index(int(terms.argmax()), terms.shape))
@@ -509,4 +552,5 @@ def _result(
         out_of_reach=out_of_reach is not None and value > out_of_reach,
         coupled=coupled,
         eq6=eq6,
+        searched=searched,
     )

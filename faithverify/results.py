@@ -31,14 +31,16 @@ class Refinement:
 
     faith_ub: float  # its sound bound (eq. 6 over the exact per-network bounds, or the coupled bound)
     solves: int  # exact solves run (one per logit-difference term that needed one)
-    exact: bool  # every term's bound is the term's optimum, not a relaxation's
+    exact: bool  # eq6 is the paper's exact FaithUB: every term's bound is its optimum, not a relaxation's
     timed_out: bool  # the time budget ran out first (the bound stays sound, not tight)
     out_of_reach: bool  # given up: no sound bound could bring FaithUB below delta
     solver: str  # which MILP solver ran ("none" when branch and bound settled everything)
     refiners: str  # the exact methods used: bab, milp or bab+milp
     eq6: float  # eq. 6 over the refined per-network bounds
-    coupled: float | None  # the coupled bound on the same bounds (None where it was not computed)
+    coupled: float | None  # the coupled bound on the same bounds, after branch and bound on its terms (None:
+    # not computed)
     won: str  # the smaller of the two: "eq6" or "coupled"
+    searched: int = 0  # branch-and-bound searches on coupled terms (bounds/coupled_bab.py)
 
     @staticmethod
     def from_dict(d: dict[str, Any]) -> Refinement:

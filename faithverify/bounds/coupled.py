@@ -160,10 +160,10 @@ class _Direction:
     low: tuple[Tensor, Tensor]
     others: Tensor
 
-    def bound(
-        self, box: Box, theta_t: Tensor, theta_s: Tensor, alphas: list[dict[int, Tensor] | None]
-    ) -> Tensor:
-        """Upper bounds ``[N, C]`` with the tangent points at ``sigmoid(theta)`` of their intervals."""
+    def forms(self, theta_t: Tensor, theta_s: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """Step 1 with the tangent points at ``sigmoid(theta)`` of their intervals: for every class ``i``,
+        ``sigma_top,i - sigma_low,i <= top[:, i] · z_top - low[:, i] · z_low + const[:, i]`` on the box, as
+        ``(top [N, C, C], low [N, C, C], const [N, C])``."""
         (lo_a, hi_a), (lo_b, hi_b) = self.top, self.low
         c = self.nets[0].output_dim
         t = lo_a + torch.sigmoid(theta_t) * (hi_a - lo_a)
@@ -172,12 +172,19 @@ class _Direction:
         up_slopes, up_const = _sigma_upper(lo_a, hi_a, t)  # sigma_top <= coeffs_a · z_top + up_const
         low_slopes, low_const = _sigma_lower(lo_b, hi_b, s)  # sigma_low >= coeffs_b · z_low + low_const
         coeffs_a, coeffs_b = _logit_form(up_slopes, self.others, c), _logit_form(low_slopes, self.others, c)
-        # term <= coeffs_a · z_top - coeffs_b · z_low + (up_const - low_const): minimise the negation jointly.
+        return coeffs_a, coeffs_b, up_const - low_const
+
+    def bound(
+        self, box: Box, theta_t: Tensor, theta_s: Tensor, alphas: list[dict[int, Tensor] | None]
+    ) -> Tensor:
+        """Upper bounds ``[N, C]`` with the tangent points at ``sigmoid(theta)`` of their intervals."""
+        coeffs_a, coeffs_b, const = self.forms(theta_t, theta_s)
+        # term <= coeffs_a · z_top - coeffs_b · z_low + const: minimise the negation jointly.
         a_top, k_top = _input_form(self.nets[0], self.layers[0], -coeffs_a, alphas[0])
         a_low, k_low = _input_form(self.nets[1], self.layers[1], coeffs_b, alphas[1])
         a = a_top + a_low
         lower = (a @ box.center.unsqueeze(-1)).squeeze(-1) - (a.abs() @ box.radius.unsqueeze(-1)).squeeze(-1)
-        return -(lower + k_top + k_low) + up_const - low_const
+        return -(lower + k_top + k_low) + const
 
     def optimised(
         self,
@@ -187,9 +194,9 @@ class _Direction:
         iterations: int,
         lr: float,
         deadline: float | None = None,
-    ) -> Tensor:
+    ) -> tuple[Tensor, Tensor, Tensor]:
         """The best bound met from tangents at the anchor's values, over ``iterations`` Adam steps (none started
-        after ``deadline``)."""
+        after ``deadline``), and the tangent parameters that gave it per term (``theta_t``, ``theta_s``)."""
         (lo_a, hi_a), (lo_b, hi_b) = self.top, self.low
         t0 = (torch.minimum(torch.maximum(at_top, lo_a), hi_a) - lo_a) / (hi_a - lo_a).clamp(min=1e-12)
         s_lo, s_hi = lo_b.exp().sum(-1), hi_b.exp().sum(-1)
@@ -200,7 +207,7 @@ class _Direction:
             iterations = 0  # out of time: the bound at the anchor's tangents alone (one evaluation)
         if iterations <= 0:
             with torch.no_grad():
-                return self.bound(box, theta_t, theta_s, [None, None])
+                return self.bound(box, theta_t, theta_s, [None, None]), theta_t, theta_s
         theta_t, theta_s = theta_t.clone().requires_grad_(True), theta_s.clone().requires_grad_(True)
         c = self.nets[0].output_dim
         alphas: list[dict[int, Tensor] | None] = [
@@ -210,6 +217,17 @@ class _Direction:
         optimizer = torch.optim.Adam(params, lr=lr)
         with torch.no_grad():
             best = self.bound(box, theta_t, theta_s, alphas)
+        kept = (theta_t.detach().clone(), theta_s.detach().clone())
+
+        def keep(value: Tensor, best: Tensor) -> Tensor:
+            nonlocal kept
+            better = value < best
+            kept = (
+                torch.where(better.unsqueeze(-1), theta_t.detach(), kept[0]),
+                torch.where(better, theta_s.detach(), kept[1]),
+            )
+            return torch.where(better, value, best)
+
         step = 0.0  # the last step's seconds: one that would end after the deadline is not started
         with torch.enable_grad():
             for _ in range(iterations):
@@ -217,7 +235,7 @@ class _Direction:
                 if deadline is not None and began + step >= deadline:
                     break
                 value = self.bound(box, theta_t, theta_s, alphas)
-                best = torch.minimum(best, value.detach())
+                best = keep(value.detach(), best)
                 optimizer.zero_grad(set_to_none=True)
                 value.sum().backward()
                 optimizer.step()
@@ -227,7 +245,8 @@ class _Direction:
                             v.clamp_(0.0, 1.0)
                 step = time.monotonic() - began
         with torch.no_grad():
-            return torch.minimum(best, self.bound(box, theta_t, theta_s, alphas))
+            best = keep(self.bound(box, theta_t, theta_s, alphas), best)
+        return best, *kept
 
 
 def coupled_terms(
@@ -244,6 +263,41 @@ def coupled_terms(
     (row 1), tangents first taken at ``anchor`` ``[N, D]``. With ``iterations``, the tangent points and every
     unstable ReLU's lower slope in both networks (one per bounded term) are then optimised by Adam for the
     smallest bound: every value is sound, so the best met per term is kept."""
+    forms = coupled_forms(nets, layers, diffs, box, anchor, iterations, lr, deadline)
+    return torch.stack([f.bound for f in forms], dim=1)
+
+
+@dataclass(frozen=True)
+class TermForms:
+    """One direction's coupled terms as linear forms of both networks' logits: for every class ``i``,
+    ``sigma_top,i - sigma_low,i <= top[:, i] · z_top - low[:, i] · z_low + const[:, i]`` on the box, and the
+    bound (before the float margin) that concretising it gave; ``nets`` = (top, low) as positions in the pair."""
+
+    nets: tuple[int, int]
+    bound: Tensor  # [N, C]
+    top: Tensor  # [N, C, C]
+    low: Tensor  # [N, C, C]
+    const: Tensor  # [N, C]
+
+    def paired_weights(self, n: int, i: int) -> Tensor:
+        """Term ``i`` of point ``n`` as a form of ``[z_teacher; z_student]`` (:mod:`.paired`)."""
+        parts = {self.nets[0]: self.top[n, i], self.nets[1]: -self.low[n, i]}
+        return torch.cat([parts[0], parts[1]])
+
+
+def coupled_forms(
+    nets: tuple[BoundNetwork, BoundNetwork],
+    layers: tuple[LayerBounds, LayerBounds],
+    diffs: tuple[LogitDiffBounds, LogitDiffBounds],
+    box: Box,
+    anchor: Tensor,
+    iterations: int = 0,
+    lr: float = 0.2,
+    deadline: float | None = None,
+) -> list[TermForms]:
+    """:func:`coupled_terms`, with each term's linear form at the tangent points of its best bound: what is
+    left to maximise over ``x`` once the softmax is relaxed (branch and bound on the paired network,
+    :mod:`.paired`, does that exactly). One :class:`TermForms` per direction."""
     dtype, device = box.center.dtype, box.center.device
     others = _others(nets[0].output_dim).to(device)
     intervals = [_intervals(d, others, dtype, device) for d in diffs]
@@ -253,8 +307,11 @@ def coupled_terms(
         direction = _Direction(
             (nets[top], nets[low]), (layers[top], layers[low]), intervals[top], intervals[low], others
         )
-        out.append(direction.optimised(box, at[top], at[low], iterations, lr, deadline))
-    return torch.stack(out, dim=1)
+        bound, theta_t, theta_s = direction.optimised(box, at[top], at[low], iterations, lr, deadline)
+        with torch.no_grad():
+            coeffs_top, coeffs_low, const = direction.forms(theta_t, theta_s)
+        out.append(TermForms((top, low), bound.detach(), coeffs_top, coeffs_low, const))
+    return out
 
 
 def _row_alphas(net: BoundNetwork, layers: LayerBounds, rows: int) -> dict[int, Tensor]:

@@ -1,0 +1,91 @@
+"""Branch and bound on the coupled terms (bounds/coupled_bab.py): sound, never looser, exact when finished."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pytest
+import torch
+
+from faithverify.attack import input_box
+from faithverify.bounds.bounder import BoundMethod, PairBounder
+from faithverify.bounds.coupled import coupled_forms
+from faithverify.bounds.coupled_bab import PairedBaB, search_terms
+from faithverify.bounds.crown import Box
+from faithverify.bounds.milp import Solver
+from faithverify.bounds.milp.model import NetworkMILP
+from faithverify.pair import Pair
+from tests.test_coupled import strangers  # noqa: F401  (fixture)
+
+
+def _setup(pair: Pair, x0: np.ndarray, eps: float):
+    bounder = PairBounder(pair, torch.device("cpu"))
+    lower, upper = input_box(x0, eps)
+    (t, t_layers), (s, s_layers) = bounder.logit_bounds_with_layers(lower, upper, BoundMethod.ALPHA_CROWN)
+    assert t_layers is not None and s_layers is not None
+    coupled = bounder.coupled(
+        lower, upper, (t, s), (t_layers, s_layers), [torch.from_numpy(x0.astype(np.float64))]
+    )
+    nets = (bounder.bounders[0].network, bounder.bounders[1].network)
+    return nets, (t_layers, s_layers), (t, s), lower.reshape(-1), upper.reshape(-1), coupled
+
+
+def _sampled_terms(pair: Pair, lower: np.ndarray, upper: np.ndarray, samples: int) -> np.ndarray:
+    """``[2, C]``: the largest ``sigma_t,i - sigma_s,i`` (row 0) and its mirror (row 1) over random points and
+    vertices of the box, by onnxruntime."""
+    rng = np.random.default_rng(0)
+    u = rng.random((samples, len(lower)))
+    u[: samples // 4] = np.round(u[: samples // 4])
+    xs = (lower + u * (upper - lower)).astype(np.float32)
+    xs = np.clip(xs, lower.astype(np.float32), upper.astype(np.float32))
+    gap = pair.gap_onnxruntime(xs)
+    return np.stack([gap.max(axis=0), (-gap).max(axis=0)])
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_search_is_sound_and_never_looser(strangers: Pair, seed: int) -> None:  # noqa: F811
+    x0 = np.random.default_rng(seed).random((1, 8), dtype=np.float32)
+    nets, layers, diffs, lower, upper, coupled = _setup(strangers, x0, 0.1)
+    before = coupled.per_term[0]
+    outcome = search_terms(
+        nets, layers, diffs, lower, upper, x0.reshape(-1), before, target=None,
+        deadline=time.monotonic() + 5.0,
+    )  # fmt: skip
+    assert outcome.searched >= 1
+    assert np.all(outcome.terms <= before)
+    sampled = _sampled_terms(strangers, lower, upper, 20_000)
+    assert np.all(sampled <= outcome.terms + 1e-12), (sampled, outcome.terms)
+
+
+def test_search_stops_at_a_reached_threshold(strangers: Pair) -> None:  # noqa: F811
+    x0 = np.random.default_rng(3).random((1, 8), dtype=np.float32)
+    nets, layers, diffs, lower, upper, coupled = _setup(strangers, x0, 0.1)
+    before = coupled.per_term[0]
+    target = float(before.max()) + 0.01  # met already: nothing to search
+    outcome = search_terms(
+        nets, layers, diffs, lower, upper, x0.reshape(-1), before, target=target,
+        deadline=time.monotonic() + 5.0,
+    )  # fmt: skip
+    assert outcome.searched == 0 and np.array_equal(outcome.terms, before)
+
+
+def test_paired_branch_and_bound_finishes_at_the_milp_optimum(strangers: Pair) -> None:  # noqa: F811
+    """Run to the end, the search on a term's linear form meets its exact maximum over the paired network
+    (an independent MILP over the same paired network)."""
+    x0 = np.random.default_rng(4).random((1, 8), dtype=np.float32)
+    nets, layers, diffs, lower, upper, _ = _setup(strangers, x0, 0.15)
+    box = Box.of(torch.from_numpy(lower[None]), torch.from_numpy(upper[None]))
+    forms = coupled_forms(nets, layers, diffs, box, torch.from_numpy(x0.astype(np.float64)))
+    paired = PairedBaB(nets, layers, lower, upper)
+    milp = NetworkMILP(paired.net.form, lower, upper, solver=Solver.HIGHS)
+    for direction, cls in ((0, 0), (1, 2)):
+        w = forms[direction].paired_weights(0, cls)
+        result = paired.maximize(w, 0.0, 0.0, time_limit=60.0)
+        optimum = milp.maximize(w.numpy(), time_limit=60.0)
+        assert result.finished and optimum.exact
+        assert optimum.witness is not None
+        # (the solver's point may sit outside the box by its feasibility tolerance: clipped, it is a true input)
+        taken = float(paired.net.form.forward(np.clip(optimum.witness, lower, upper)[None])[0] @ w.numpy())
+        assert taken <= result.bound + 1e-12  # sound: no value the network takes is above it
+        assert result.bound <= optimum.bound  # and as tight as the MILP's dual bound
