@@ -233,6 +233,21 @@ def test_a_folded_normalisation_is_the_same_function_on_pixels(tmp_path: Path) -
         InputNormalisation(0.1, 0.0)
 
 
+def test_a_normalisation_folds_into_an_unpadded_first_convolution() -> None:
+    from faithverify.train.architectures import fold_normalisation, with_normalisation
+
+    torch.manual_seed(1)
+    model = with_normalisation(build("cifar10-teacher"), (0.4734, 0.2516)).eval()
+    folded = fold_normalisation(model)
+    assert isinstance(folded[0], nn.Conv2d) and len(folded) == len(model) - 1
+    x = torch.rand(16, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.allclose(folded(x), model(x), atol=1e-5)
+    padded = with_normalisation(nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.Flatten()), (0.5, 0.25))
+    with pytest.raises(ValueError, match="without padding"):
+        fold_normalisation(padded)
+
+
 # --- A short end-to-end run on separable synthetic data -------------------------------------------
 
 

@@ -13,6 +13,7 @@ encoding both support.
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 
 import torch
@@ -186,25 +187,29 @@ def with_normalisation(network: nn.Sequential, normalisation: tuple[float, float
 
 
 def fold_normalisation(model: nn.Sequential) -> nn.Sequential:
-    """The same function without its leading :class:`InputNormalisation`: folded into the first ``nn.Linear``
-    (``W (x - m) / s + b = (W / s) x + (b - W 1 m / s)``), so the exported graph is the plain network on pixels.
-    Computed in float64 and rounded once to the layer's dtype. A model without a normalisation is returned as is.
+    """The same function without its leading :class:`InputNormalisation`: folded into the first layer, an
+    ``nn.Linear`` (``W (x - m) / s + b = (W / s) x + (b - W 1 m / s)``) or an unpadded ``nn.Conv2d`` (the same per
+    output channel, the sum over the kernel and input channels; with padding the padded zeros would stand for
+    pixel ``m`` before folding and 0 after), so the exported graph is the plain network on pixels. Computed in
+    float64 and rounded once to the layer's dtype. A model without a normalisation is returned as is.
     """
     norm, first, *rest = model
     if not isinstance(norm, InputNormalisation):
         return model
-    if not isinstance(first, nn.Linear):
-        raise ValueError(f"a normalisation folds into a Linear layer, not {type(first).__name__}")
-    folded = nn.Linear(first.in_features, first.out_features, bias=True)
+    if isinstance(first, nn.Conv2d) and first.padding not in ((0, 0), 0, "valid"):
+        raise ValueError("a normalisation folds into a Conv2d only without padding")
+    if not isinstance(first, nn.Linear | nn.Conv2d):
+        raise ValueError(f"a normalisation folds into a Linear or Conv2d layer, not {type(first).__name__}")
+    folded = copy.deepcopy(first)
     with torch.no_grad():
         w = first.weight.double()
-        b = (
-            first.bias.double()
-            if first.bias is not None
-            else torch.zeros(first.out_features, dtype=torch.float64)
-        )
+        out_channels = w.shape[0]
+        b = first.bias.double() if first.bias is not None else torch.zeros(out_channels, dtype=torch.float64)
         folded.weight.copy_((w / norm.std).to(first.weight.dtype))
-        folded.bias.copy_((b - w.sum(dim=1) * (norm.mean / norm.std)).to(first.weight.dtype))
+        shift = w.reshape(out_channels, -1).sum(dim=1) * (norm.mean / norm.std)
+        if folded.bias is None:
+            folded.bias = nn.Parameter(torch.zeros(out_channels, dtype=first.weight.dtype))
+        folded.bias.copy_((b - shift).to(first.weight.dtype))
     return nn.Sequential(folded, *rest)
 
 
