@@ -30,8 +30,8 @@ from faithverify.bounds.milp import Solver
 from faithverify.bounds.portfolio import Refiner
 from faithverify.certify import CertifyConfig, RefineMode, certify
 from faithverify.data import Dataset, load_dataset
-from faithverify.pair import Pair, load_pair
 from faithverify.methods import Stage
+from faithverify.pair import Pair, load_pair
 from faithverify.results import PointResult
 
 # A record names its refinement stage after the exact methods it ran (bab, milp or both).

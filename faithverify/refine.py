@@ -531,6 +531,7 @@ def _result(
             deadline=deadline,
         )
         coupled, searched = min(coupled, float(outcome.terms.max())), outcome.searched
+        witnesses = [*witnesses, *outcome.witnesses]  # re-checked by onnxruntime before they count
     # Exact: exact solves of every pair would give the same FaithUB. So it is at the floor, or when every bound
     # of the largest term is final and none of them is a dual bound left by a time limit.
     direction, cls = (int(k) for k in np.unravel_index(int(terms.argmax()), terms.shape))

@@ -77,6 +77,21 @@ def test_anytime_bound_only_improves_and_a_time_limit_is_sound() -> None:
     assert short.bound >= _sampled_max(body, lower, upper, w)
 
 
+def test_a_stalled_search_stops_early_with_a_sound_bound() -> None:
+    from faithverify.bounds.bab import _stalled
+
+    history = [(0.0, 1.0), (0.1, 0.5), (0.2, 0.49995)]
+    assert _stalled(history, now=1.2, seconds=1.0, gain=1e-4)  # less than 1e-4 in the last second
+    assert not _stalled(history, now=1.05, seconds=1.0, gain=1e-4)  # 0.5 of gain within the last second
+    assert not _stalled(history, now=0.5, seconds=1.0, gain=1e-4)  # not running that long yet
+    body, lower, upper = _problem(7, [12, 16, 16, 16, 5], 0.3)
+    bab = NetworkBaB(BoundNetwork.of(PiecewiseLinearNetwork.from_module(body, 12)), lower, upper)
+    w = _weights(5, 0, 1)
+    stalled = bab.search(w, time_limit=60, stall=(0.05, 10.0))  # any gain below 10 counts as a stall
+    assert stalled.status == Status.TIME_LIMIT and stalled.seconds < 30
+    assert stalled.bound >= _sampled_max(body, lower, upper, w)
+
+
 def test_stops_at_the_callers_levels() -> None:
     body, lower, upper = _problem(3, [10, 16, 16, 16, 4], 0.2)
     bab = NetworkBaB(BoundNetwork.of(PiecewiseLinearNetwork.from_module(body, 10)), lower, upper)

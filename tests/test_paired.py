@@ -77,5 +77,7 @@ def test_cnns_of_the_same_pattern_pair_and_mismatched_ones_say_where(tmp_path: P
         nn.Flatten(), nn.Linear(64, 7), nn.ReLU(), nn.Linear(7, 9), nn.ReLU(), nn.Linear(9, 5)
     )
     mlp = _onnx_form(mlp_module, image, tmp_path / "m.onnx")
-    with pytest.raises(UnpairableError, match="layer 2: the teacher has a max-pool, the student an affine map"):
+    with pytest.raises(
+        UnpairableError, match="layer 2: the teacher has a max-pool, the student an affine map"
+    ):
         paired_form(teacher, mlp, np.zeros(5))

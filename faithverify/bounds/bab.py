@@ -193,8 +193,10 @@ class NetworkBaB(ExactMethod):
         cutoff: float | None = None,
         stop_below: float | None = None,
         start: np.ndarray | None = None,
+        stall: tuple[float, float] | None = None,
     ) -> BabResult:
-        """Sound upper bound on ``max_{x in box} weights · z(x)`` (module docstring)."""
+        """Sound upper bound on ``max_{x in box} weights · z(x)`` (module docstring). ``stall = (s, g)``: stop
+        once the bound has not come down by ``g`` in ``s`` seconds (the rest of the time would buy little)."""
         clock = time.perf_counter()
         deadline = math.inf if time_limit is None else clock + max(0.0, time_limit)
         dtype, device = self.net.dtype, self.net.device
@@ -225,6 +227,9 @@ class NetworkBaB(ExactMethod):
             bound = max(closed, float((-open_.bound).max()) if len(open_) else -math.inf)
             if not history or bound < history[-1][1]:
                 history.append((time.perf_counter() - clock, bound))
+            if stall is not None and _stalled(history, time.perf_counter() - clock, *stall):
+                status = Status.TIME_LIMIT  # (stopped early, like a time limit: the bound reached is sound)
+                break
             if best > above:
                 status = Status.INCUMBENT_ABOVE_CUTOFF
                 break
@@ -475,6 +480,15 @@ class NetworkBaB(ExactMethod):
         if float(values[k]) > best:
             return float(values[k]), x[k].detach().cpu().double().numpy().copy()
         return best, witness
+
+
+def _stalled(history: list[tuple[float, float]], now: float, seconds: float, gain: float) -> bool:
+    """Whether the bound (``history``: (seconds, bound) at each improvement) came down by less than ``gain``
+    over the last ``seconds``."""
+    if now < seconds:
+        return False
+    before = [b for t, b in history if t <= now - seconds]
+    return bool(before) and before[-1] - history[-1][1] < gain
 
 
 def _exact_level(best: float) -> float:

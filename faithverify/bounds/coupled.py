@@ -53,7 +53,7 @@ from faithverify.bounds.torchnet import BoundNetwork
 
 # Logit differences are clipped here before exp: a term with a difference this large has a softmax bound of 0
 # or 1 already, and the clip only loosens the relaxation (the interval still contains the true values).
-_EXP_CLIP = 60.0
+EXP_CLIP = 60.0
 
 
 def coupled_margin(d_abs_max: np.ndarray, num_classes: int) -> np.ndarray:
@@ -75,7 +75,7 @@ class CoupledBound:
     coupled_won: np.ndarray  # bool [N]: the coupled bound is below eq. 6 for this point
 
 
-def _sigma_upper(lo: Tensor, hi: Tensor, t: Tensor) -> tuple[Tensor, Tensor]:
+def sigma_upper_line(lo: Tensor, hi: Tensor, t: Tensor) -> tuple[Tensor, Tensor]:
     """Upper line of ``sigma_i`` over ``d in [lo, hi]`` (``[N, J]``), tangents at ``t``: (slopes over ``d``,
     constant)."""
     s_lo, s_hi = lo.exp().sum(-1), hi.exp().sum(-1)
@@ -88,7 +88,7 @@ def _sigma_upper(lo: Tensor, hi: Tensor, t: Tensor) -> tuple[Tensor, Tensor]:
     return slopes, const
 
 
-def _sigma_lower(lo: Tensor, hi: Tensor, s0: Tensor) -> tuple[Tensor, Tensor]:
+def sigma_lower_line(lo: Tensor, hi: Tensor, s0: Tensor) -> tuple[Tensor, Tensor]:
     """Lower line of ``sigma_i`` over ``d in [lo, hi]``, the tangent of ``g`` at ``s0``: (slopes, constant)."""
     e_lo, e_hi = lo.exp(), hi.exp()
     wide = hi > lo
@@ -142,7 +142,7 @@ def _intervals(
     index = others.unsqueeze(0).expand(len(w.lower), -1, -1)
     lo = torch.from_numpy(w.lower).to(device, dtype).gather(2, index)
     hi = torch.from_numpy(w.upper).to(device, dtype).gather(2, index)
-    return lo.clamp(-_EXP_CLIP, _EXP_CLIP), hi.clamp(-_EXP_CLIP, _EXP_CLIP)
+    return lo.clamp(-EXP_CLIP, EXP_CLIP), hi.clamp(-EXP_CLIP, EXP_CLIP)
 
 
 def _logit(u: Tensor) -> Tensor:
@@ -169,8 +169,8 @@ class _Direction:
         t = lo_a + torch.sigmoid(theta_t) * (hi_a - lo_a)
         s_lo, s_hi = lo_b.exp().sum(-1), hi_b.exp().sum(-1)
         s = s_lo + torch.sigmoid(theta_s) * (s_hi - s_lo)
-        up_slopes, up_const = _sigma_upper(lo_a, hi_a, t)  # sigma_top <= coeffs_a · z_top + up_const
-        low_slopes, low_const = _sigma_lower(lo_b, hi_b, s)  # sigma_low >= coeffs_b · z_low + low_const
+        up_slopes, up_const = sigma_upper_line(lo_a, hi_a, t)  # sigma_top <= coeffs_a · z_top + up_const
+        low_slopes, low_const = sigma_lower_line(lo_b, hi_b, s)  # sigma_low >= coeffs_b · z_low + low_const
         coeffs_a, coeffs_b = _logit_form(up_slopes, self.others, c), _logit_form(low_slopes, self.others, c)
         return coeffs_a, coeffs_b, up_const - low_const
 
@@ -200,7 +200,7 @@ class _Direction:
         (lo_a, hi_a), (lo_b, hi_b) = self.top, self.low
         t0 = (torch.minimum(torch.maximum(at_top, lo_a), hi_a) - lo_a) / (hi_a - lo_a).clamp(min=1e-12)
         s_lo, s_hi = lo_b.exp().sum(-1), hi_b.exp().sum(-1)
-        s_at = at_low.clamp(max=_EXP_CLIP).exp().sum(-1)
+        s_at = at_low.clamp(max=EXP_CLIP).exp().sum(-1)
         s0 = (torch.minimum(torch.maximum(s_at, s_lo), s_hi) - s_lo) / (s_hi - s_lo).clamp(min=1e-300)
         theta_t, theta_s = _logit(t0), _logit(s0)
         if deadline is not None and time.monotonic() >= deadline:
@@ -278,6 +278,14 @@ class TermForms:
     top: Tensor  # [N, C, C]
     low: Tensor  # [N, C, C]
     const: Tensor  # [N, C]
+    # How the softmax was relaxed, for re-relaxing it over a smaller region (bounds/coupled_bab.py): the logit-
+    # difference intervals [N, C, C-1] of each network (widened, clipped), the tangent parameters and, per
+    # class, the other classes.
+    top_interval: tuple[Tensor, Tensor]
+    low_interval: tuple[Tensor, Tensor]
+    theta_top: Tensor  # [N, C, C-1]
+    theta_low: Tensor  # [N, C]
+    others: Tensor  # [C, C-1]
 
     def paired_weights(self, n: int, i: int) -> Tensor:
         """Term ``i`` of point ``n`` as a form of ``[z_teacher; z_student]`` (:mod:`.paired`)."""
@@ -310,7 +318,11 @@ def coupled_forms(
         bound, theta_t, theta_s = direction.optimised(box, at[top], at[low], iterations, lr, deadline)
         with torch.no_grad():
             coeffs_top, coeffs_low, const = direction.forms(theta_t, theta_s)
-        out.append(TermForms((top, low), bound.detach(), coeffs_top, coeffs_low, const))
+        term = TermForms(
+            (top, low), bound.detach(), coeffs_top, coeffs_low, const, intervals[top], intervals[low],
+            theta_t.detach(), theta_s.detach(), others,
+        )  # fmt: skip
+        out.append(term)
     return out
 
 

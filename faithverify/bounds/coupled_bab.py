@@ -16,16 +16,25 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
+from torch import Tensor
 
-from faithverify.bounds.bab import BabSettings, NetworkBaB
-from faithverify.bounds.coupled import coupled_forms, coupled_margin
+from faithverify.bounds import crown
+from faithverify.bounds.bab import BabSettings, NetworkBaB, _Domains
+from faithverify.bounds.coupled import (
+    EXP_CLIP,
+    TermForms,
+    coupled_forms,
+    coupled_margin,
+    sigma_lower_line,
+    sigma_upper_line,
+)
 from faithverify.bounds.crown import Box, LayerBounds, Relaxations
 from faithverify.bounds.paired import logit_shift, paired_form
-from faithverify.bounds.softmax import LogitDiffBounds
+from faithverify.bounds.softmax import LOGIT_MARGIN, RELATIVE_MARGIN, LogitDiffBounds
 from faithverify.bounds.torchnet import Affine, BoundNetwork
 
 
@@ -40,6 +49,7 @@ class TermSearch:
     finished: bool
     domains: int
     seconds: float
+    witness: np.ndarray | None = None  # (term searches) the input where the term reached ``reachable``
 
 
 class PairedBaB:
@@ -63,8 +73,10 @@ class PairedBaB:
         shift = logit_shift(z_lo[0].cpu().numpy())
         self.net = BoundNetwork.of(paired_form(teacher.form, student.form, shift), device, dtype)
         carried = (z_lo - torch.as_tensor(shift).to(z_lo), z_hi - torch.as_tensor(shift).to(z_hi))
-        root = _paired_root(self.net, layers, short, carried)
-        self.search = NetworkBaB(self.net, lo, hi, root=root, settings=settings)
+        self.root = _paired_root(self.net, layers, short, carried)
+        self.box = (np.asarray(lower, np.float64).reshape(-1), np.asarray(upper, np.float64).reshape(-1))
+        self.settings = settings or BabSettings()
+        self.search = NetworkBaB(self.net, *self.box, root=self.root, settings=self.settings)
 
     def maximize(
         self,
@@ -90,6 +102,149 @@ class PairedBaB:
             domains=result.domains,
             seconds=time.perf_counter() - began,
         )
+
+    def term(
+        self,
+        forms: TermForms,
+        cls: int,
+        margin: float,
+        *,
+        time_limit: float,
+        below: float | None = None,
+        start: np.ndarray | None = None,
+        stall: tuple[float, float] | None = None,
+    ) -> TermSearch:
+        """Sound upper bound on the term ``(forms' direction, cls)`` by :class:`TermBaB`; ``below``: enough once
+        the bound is under it; ``stall``: as :meth:`NetworkBaB.search`. ``reachable`` is then the term's
+        largest true value met (at ``witness``)."""
+        began = time.perf_counter()
+        search = TermBaB(self.net, *self.box, self.root, forms, cls, margin, self.settings)
+        result = search.search(
+            np.zeros(self.net.output_dim), time_limit=time_limit, stop_below=below, start=start, stall=stall
+        )
+        return TermSearch(
+            bound=result.bound if math.isfinite(result.bound) else math.inf,
+            reachable=result.best,
+            finished=result.exact or (below is not None and result.bound <= below),
+            domains=result.domains,
+            seconds=time.perf_counter() - began,
+            witness=result.witness,
+        )
+
+
+class TermBaB(NetworkBaB):
+    """Branch and bound on one coupled term ``sigma_top,i(x) - sigma_low,i(x)`` over the paired network, with
+    the softmax re-relaxed on every domain: a domain's own CROWN bounds on both networks' logit differences
+    (narrower than the box's once ReLUs are split) give it narrower softmax lines, so its linear form and its
+    constant are its own. The domain bound is ``const_D + max w_D · z + margin`` in the term's own units, an
+    incumbent is the term's true value (float64) at an input of the box, and so the search closes on the term's
+    exact maximum, not on a relaxation's.
+
+    Soundness per domain: the root's intervals hold on it, CROWN's intervals on the domain hold there (its
+    intermediate bounds are clamped by its splits, as in :class:`NetworkBaB`), both are widened by the float
+    margin of :func:`~faithverify.bounds.softmax.float_margin` and intersected; any tangent point gives sound
+    lines; the rest is :class:`NetworkBaB`'s bound of a linear form on a domain.
+    """
+
+    def __init__(
+        self,
+        net: BoundNetwork,
+        lower: np.ndarray,
+        upper: np.ndarray,
+        root: LayerBounds,
+        forms: TermForms,
+        cls: int,
+        margin: float,
+        settings: BabSettings,
+    ) -> None:
+        super().__init__(net, lower, upper, root=root, settings=replace(settings, candidates=1))
+        c = forms.top.shape[-1]
+        self.cls, self.margin, self.c = cls, margin, c
+        self.top_at, self.low_at = (p * c for p in forms.nets)  # where each network's logits sit in the pair
+        self.others = forms.others[cls]
+        self.root_top = (forms.top_interval[0][0, cls], forms.top_interval[1][0, cls])
+        self.root_low = (forms.low_interval[0][0, cls], forms.low_interval[1][0, cls])
+        self.theta_top, self.theta_low = forms.theta_top[0, cls], forms.theta_low[0, cls]
+        # Rows of the paired output whose lower bounds give the intervals: +-(z_j - z_i), top network then low.
+        rows = []
+        for at in (self.top_at, self.low_at):
+            for sign in (1.0, -1.0):
+                r = torch.zeros(c - 1, 2 * c, dtype=net.dtype, device=net.device)
+                r[torch.arange(c - 1), at + self.others] = sign
+                r[:, at + cls] = -sign
+                rows.append(r)
+        self.interval_rows = torch.cat(rows)  # [4 (C-1), 2C]
+
+    def _bound_into(
+        self,
+        d: _Domains,
+        spec: Tensor,
+        iterations: int,
+        w: Tensor,
+        best: float,
+        witness: np.ndarray | None,
+        deadline: float = math.inf,
+    ) -> tuple[float, np.ndarray | None]:
+        weights, const = self._domain_forms(d)
+        lb, d.alpha, d.beta, d.lam, primal = self._bound(d, -weights.unsqueeze(1), iterations, deadline)
+        d.bound = torch.maximum(
+            lb - const - self.margin, d.bound
+        )  # -(term's upper bound); never below the parent's
+        return self._evaluate_tensor(primal, w, best, witness)
+
+    def _domain_forms(self, d: _Domains) -> tuple[Tensor, Tensor]:
+        """Each domain's linear form ``[M, 2C]`` and constant ``[M]``: the softmax lines on its own intervals."""
+        m = len(d)
+        box = Box(self.box.center.expand(m, -1), self.box.radius.expand(m, -1))
+        extra = {k: -(d.beta[k] * d.split[k].to(self.net.dtype)).unsqueeze(1) for k in d.beta}
+        alpha = {k: v.unsqueeze(1) for k, v in d.alpha.items()}
+        with torch.no_grad():
+            lb = crown.final_bound(
+                self.net, box, self.interval_rows.expand(m, -1, -1), self._layers(d), alpha, extra
+            )
+        j = self.c - 1
+        top_lo, top_hi, low_lo, low_hi = lb[:, :j], -lb[:, j : 2 * j], lb[:, 2 * j : 3 * j], -lb[:, 3 * j :]
+        top_lo, top_hi = _narrowed(top_lo, top_hi, self.root_top)
+        low_lo, low_hi = _narrowed(low_lo, low_hi, self.root_low)
+        t = top_lo + torch.sigmoid(self.theta_top) * (top_hi - top_lo)
+        up_slopes, up_const = sigma_upper_line(top_lo, top_hi, t)
+        s_lo, s_hi = low_lo.exp().sum(-1), low_hi.exp().sum(-1)
+        s0 = s_lo + torch.sigmoid(self.theta_low) * (s_hi - s_lo)
+        low_slopes, low_const = sigma_lower_line(low_lo, low_hi, s0)
+        # sigma_top,i <= sum_j up_j (z_j - z_i) + up_const; sigma_low,i >= sum_j low_j (z_j - z_i) + low_const
+        weights = torch.zeros(m, 2 * self.c, dtype=self.net.dtype, device=self.net.device)
+        weights[:, self.top_at + self.others] = up_slopes
+        weights[:, self.top_at + self.cls] = -up_slopes.sum(-1)
+        weights[:, self.low_at + self.others] = -low_slopes
+        weights[:, self.low_at + self.cls] = low_slopes.sum(-1)
+        return weights, up_const - low_const
+
+    def _leaves(
+        self, d: _Domains, w: Tensor, best: float, witness: np.ndarray | None
+    ) -> tuple[float, float, np.ndarray | None]:
+        # Every ReLU decided: the networks are affine there, the softmax is not; the domain's bound stands.
+        return float((-d.bound).max()), best, witness
+
+    def _evaluate_tensor(
+        self, x: Tensor, w: Tensor, best: float, witness: np.ndarray | None
+    ) -> tuple[float, np.ndarray | None]:
+        with torch.no_grad():
+            z = self.net.forward(x)
+            top = torch.softmax(z[:, self.top_at : self.top_at + self.c], dim=-1)[:, self.cls]
+            low = torch.softmax(z[:, self.low_at : self.low_at + self.c], dim=-1)[:, self.cls]
+            values = top - low
+        k = int(values.argmax())
+        if float(values[k]) > best:
+            return float(values[k]), x[k].detach().cpu().double().numpy().copy()
+        return best, witness
+
+
+def _narrowed(lo: Tensor, hi: Tensor, root: tuple[Tensor, Tensor]) -> tuple[Tensor, Tensor]:
+    """A domain's intervals, widened by the float margin, within the root's (already widened), clipped for exp."""
+    lo = lo - (LOGIT_MARGIN + RELATIVE_MARGIN * lo.abs())
+    hi = hi + (LOGIT_MARGIN + RELATIVE_MARGIN * hi.abs())
+    lo, hi = torch.maximum(lo, root[0]), torch.minimum(hi, root[1])
+    return lo.clamp(-EXP_CLIP, EXP_CLIP), torch.maximum(lo, hi).clamp(-EXP_CLIP, EXP_CLIP)
 
 
 def _paired_root(
@@ -117,18 +272,21 @@ def _paired_root(
 
 @dataclass(frozen=True)
 class SearchOutcome:
-    """Per-term bounds ``[2, C]`` after the search (never above the ones given), and what it did."""
+    """Per-term bounds ``[2, C]`` after the search (never above the ones given), the inputs where terms
+    reached their largest values met (candidate witnesses), and what it did."""
 
     terms: np.ndarray
+    witnesses: list[np.ndarray]
+    reached: float  # the largest term value met at those inputs (float64; 0 when none)
     searched: int  # term searches run
     seconds: float
 
 
 # The softmax relaxation's tangent points are optimised this many steps before the search (as in screening).
 _FORM_ITERATIONS = 20
-# A term whose form cannot reach below its bound by more than this is left alone: the relaxation, not the
-# search, is what holds it up.
-_NO_ROOM = 1e-4
+# A term bounded this close to a value it takes is settled: its worst case is known (results.EXACT_GAP / 2).
+_SETTLED = 5e-4
+_STALL_SHARE, _STALL_MIN, _STALL_GAIN = 0.2, 0.5, 1e-4
 
 
 def search_terms(
@@ -144,48 +302,58 @@ def search_terms(
     deadline: float,
     settings: BabSettings | None = None,
 ) -> SearchOutcome:
-    """Lower the largest terms of one point by branch and bound on their coupled forms until ``deadline``
+    """Lower the largest terms of one point by branch and bound (:class:`TermBaB`) until ``deadline``
     (``time.monotonic()``). ``terms``: sound per-term bounds ``[2, C]`` (row 0 teacher above); ``target``:
-    stop once every term is ``<= target`` (with a threshold), or None to lower the largest term as far as it
-    goes (the paper's FaithUB): the search on it stops when it is no longer the largest."""
+    stop once every term is ``<= target``, or once a term is found to take a value above it (a witness);
+    None: lower the largest term until it is no longer the largest, or settled (within ``_SETTLED`` of a value
+    it takes: the point's worst case is then known), and go on with the next largest (the paper's FaithUB)."""
     began = time.perf_counter()
     terms = np.array(terms, dtype=np.float64)
     dtype, device = nets[0].dtype, nets[0].device
     lo = torch.as_tensor(np.asarray(lower, np.float64).reshape(1, -1)).to(device, dtype)
     hi = torch.as_tensor(np.asarray(upper, np.float64).reshape(1, -1)).to(device, dtype)
-    x0 = torch.as_tensor(np.clip(np.asarray(anchor, np.float64).reshape(1, -1), lower, upper)).to(
-        device, dtype
-    )
-    searched = 0
+    start = np.clip(np.asarray(anchor, np.float64).reshape(1, -1), lower, upper)
+    searched, witnesses, reached = 0, [], 0.0
     with torch.no_grad():
-        forms = coupled_forms(nets, layers, diffs, Box.of(lo, hi), x0, _FORM_ITERATIONS, deadline=deadline)
+        forms = coupled_forms(
+            nets, layers, diffs, Box.of(lo, hi), torch.as_tensor(start).to(device, dtype), _FORM_ITERATIONS,
+            deadline=deadline,
+        )  # fmt: skip
     d_max = max(float(np.abs(np.stack([d.lower, d.upper])).max()) for d in diffs)
     margin = float(coupled_margin(np.array([d_max]), terms.shape[1])[0])
     paired: PairedBaB | None = None
-    done: set[tuple[int, int]] = set()  # terms whose search can go no lower
+    done: set[tuple[int, int]] = set()  # terms that can go no lower
     while True:
         order = np.argsort(-terms.reshape(-1))
-        worst = tuple(int(k) for k in np.unravel_index(int(order[0]), terms.shape))
+        row, col = np.unravel_index(int(order[0]), terms.shape)
+        worst = (int(row), int(col))
         value = float(terms[worst])
-        if target is not None and value <= target:
+        if (
+            (target is not None and value <= target)
+            or worst in done
+            or (target is not None and reached > target)
+        ):
             break
         remaining = deadline - time.monotonic()
-        if remaining <= 0 or worst in done:
+        if remaining <= 0:
             break
-        form = forms[worst[0]]
         if paired is None:
             paired = PairedBaB(nets, layers, lower, upper, settings)
         # Enough for this term: the threshold, or (no threshold) the next largest term.
         below = target if target is not None else float(terms.reshape(-1)[order[1]])
-        result = paired.maximize(
-            form.paired_weights(0, worst[1]),
-            float(form.const[0, worst[1]]),
-            margin,
-            time_limit=remaining,
-            below=below,
+        result = paired.term(
+            forms[worst[0]], worst[1], margin, time_limit=remaining, below=below, start=start
         )
         searched += 1
         terms[worst] = min(value, result.bound)
-        if result.bound > below and (result.finished or result.reachable + margin >= value - _NO_ROOM):
-            done.add(worst)  # this relaxation can take the term no lower
-    return SearchOutcome(terms, searched, time.perf_counter() - began)
+        if result.witness is not None and math.isfinite(result.reachable):
+            witnesses.append(result.witness)
+            reached = max(reached, result.reachable)
+        stalled = not result.finished and result.bound > below and result.seconds < remaining - 1e-3
+        if (
+            (result.finished and result.bound > below)
+            or stalled
+            or terms[worst] - result.reachable <= _SETTLED
+        ):
+            done.add(worst)
+    return SearchOutcome(terms, witnesses, reached, searched, time.perf_counter() - began)

