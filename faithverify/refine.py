@@ -522,7 +522,8 @@ def _result(
     if search and (target is None or min(value, coupled) > target) and time.monotonic() < deadline:
         outcome = search_terms(
             (teacher.net, student.net),
-            (teacher.layers(), student.layers()),
+            # alpha-CROWN's intermediate bounds (the exact solver's root), built now where no solve needed them
+            (teacher.exact.root, student.exact.root),
             (teacher.bounds(), student.bounds()),
             *teacher.box,
             anchors[0],

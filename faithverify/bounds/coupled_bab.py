@@ -286,7 +286,7 @@ class SearchOutcome:
 _FORM_ITERATIONS = 20
 # A term bounded this close to a value it takes is settled: its worst case is known (results.EXACT_GAP / 2).
 _SETTLED = 5e-4
-_STALL_SHARE, _STALL_MIN, _STALL_GAIN = 0.2, 0.5, 1e-4
+_STALL_SHARE, _STALL_MIN, _STALL_GAIN = 0.3, 1.0, 1e-4
 
 
 def search_terms(
