@@ -2,6 +2,8 @@
 MNIST pair (with CUDA_LAUNCH_BLOCKING=1 on a GPU, so that kernel time lands on the Python call that launched it).
 
     CUDA_LAUNCH_BLOCKING=1 python benchmarks/profile_screening.py --device cuda --points 100000
+    python benchmarks/profile_screening.py --method alpha-crown --points 100 --eps 0.0308 \
+        --out benchmarks/results/profile_alpha_crown.md
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ import argparse
 import cProfile
 import io
 import pstats
+import sys
 import time
 from pathlib import Path
 
@@ -29,7 +32,10 @@ def main() -> None:
     parser.add_argument("--points", type=int, default=1000)
     parser.add_argument("--eps", type=float, default=0.05)
     parser.add_argument("--method", default="crown")
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--out", type=Path, default=None, help="also write the profile here (markdown)")
     args = parser.parse_args()
+    torch.set_num_threads(args.threads)
     pair = load_pair(REPO / "models/mnist/teacher.onnx", REPO / "models/mnist/student-fd.onnx")
     x = np.load(REPO / "models/mnist/sample.npz")["x"]
     x = np.concatenate([x] * (-(-args.points // len(x))))[: args.points]
@@ -44,10 +50,20 @@ def main() -> None:
     if args.device.startswith("cuda"):
         torch.cuda.synchronize()
     profile.disable()
-    print(f"{args.points / (time.perf_counter() - start):.0f} points/s")
+    rate = args.points / (time.perf_counter() - start)
     out = io.StringIO()
     pstats.Stats(profile, stream=out).sort_stats("tottime").print_stats(25)
-    print(out.getvalue())
+    # Paths of this machine stay out of a recorded profile.
+    table = (
+        out.getvalue().replace(str(REPO) + "/", "").replace(str(Path(torch.__file__).parents[1]) + "/", "")
+    )
+    print(f"{rate:.0f} points/s\n{table}")
+    if args.out is not None:
+        args.out.write_text(
+            f"# Profile of {args.method} screening ({args.points} points, eps {args.eps:g}, {args.device}, "
+            f"{args.threads} thread(s))\n\nCommand: `python benchmarks/profile_screening.py "
+            f"{' '.join(sys.argv[1:])}`\n\n{rate:.0f} points/s (under cProfile)\n\n```\n{table}```\n"
+        )
 
 
 if __name__ == "__main__":
