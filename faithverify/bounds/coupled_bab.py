@@ -1,15 +1,21 @@
-"""Branch and bound on the coupled bound: each term's linear form maximised over the paired network.
+"""Branch and bound on the coupled bound's terms, over teacher and student as one network.
 
 The coupled bound (:mod:`.coupled`) relaxes the softmax of both networks into one linear form of their logits
-per term, ``sigma_top,i - sigma_low,i <= w · [z_t(x); z_s(x)] + k`` on the box, and then bounds ``max_x w · z``
-with CROWN, whose ReLU relaxations leave most of what is loose. That maximum is a linear form of the paired
-network's output (:mod:`.paired`), so branch and bound over ReLU splits of either network (:mod:`.bab`,
-beta-CROWN per domain) bounds it as tightly as time allows, and to the exact maximum when run to the end. A
-teacher split constrains the shared input and so the student's part too: the one kind of bound that eq. 6,
-which bounds each network alone, can never be.
+per term, ``sigma_top,i - sigma_low,i <= w · [z_t(x); z_s(x)] + k`` on the box, and bounds ``max_x w · z`` with
+CROWN. That form is a linear form of the paired network's output (:mod:`.paired`), so branch and bound over ReLU
+splits of *either* network (:mod:`.bab`, beta-CROWN per domain) can bound it: a teacher split constrains the
+shared input and so the student's part too, the one kind of bound that eq. 6, which bounds each network alone,
+can never be. Two searches:
 
-Each term's bound is ``BaB's bound + k + coupled_margin``: sound for the same reasons as the coupled bound (the
-softmax lines hold on the whole box, every domain bound is sound, the margin covers float32 evaluation).
+- :meth:`PairedBaB.maximize`: the root's linear form, to its exact maximum when run to the end (then only the
+  softmax lines, fixed at the root's intervals, are loose);
+- :meth:`PairedBaB.term` (:class:`TermBaB`, what the refinement uses): the softmax relaxed again on every
+  domain, from the domain's own logit-difference bounds; incumbents are the term's true values, so the search
+  closes on the term's maximum itself (up to the lines on the smallest domains, about 1e-3).
+
+Soundness: every domain bound is sound on its domain (as in :class:`NetworkBaB`), the domains cover the box,
+the softmax lines hold on the intervals they were drawn on (sound bounds, widened by the float margin), and
+``coupled_margin`` covers float32 evaluation as for the coupled bound.
 """
 
 from __future__ import annotations
