@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -15,7 +16,7 @@ from faithverify.bounds.coupled_bab import PairedBaB, search_terms
 from faithverify.bounds.crown import Box
 from faithverify.bounds.milp import Solver
 from faithverify.bounds.milp.model import NetworkMILP
-from faithverify.pair import Pair
+from faithverify.pair import Pair, load_pair
 from tests.test_coupled import strangers  # noqa: F401  (fixture)
 
 
@@ -110,3 +111,28 @@ def test_term_search_closes_on_a_value_the_networks_take(strangers: Pair) -> Non
     # and close to it: once every ReLU is split the networks are affine, the softmax is not, and its lines on
     # the smallest domains leave this much (the tolerance of a "known" worst case, results.EXACT_GAP)
     assert result.bound - value <= 1e-3
+
+
+def test_networks_that_do_not_line_up_keep_their_coupled_bound(tmp_path: Path) -> None:
+    """A CNN teacher (ReLU then max-pool) and an MLP student cannot be paired layer by layer: the search is
+    skipped, the terms stay as given, nothing fails."""
+    from torch import nn
+
+    from tests.conftest import export_onnx, random_cnn
+
+    image = torch.zeros(1, 1, 8, 8)
+    torch.manual_seed(3)
+    student = nn.Sequential(
+        nn.Flatten(), nn.Linear(64, 7), nn.ReLU(), nn.Linear(7, 7), nn.ReLU(), nn.Linear(7, 5)
+    )
+    pair = load_pair(
+        export_onnx(random_cnn(2), image, tmp_path / "t.onnx"),
+        export_onnx(student, image, tmp_path / "s.onnx"),
+    )
+    x0 = np.random.default_rng(0).random((1, 1, 8, 8), dtype=np.float32)
+    nets, layers, diffs, lower, upper, coupled = _setup(pair, x0, 0.05)
+    outcome = search_terms(
+        nets, layers, diffs, lower, upper, x0.reshape(-1), coupled.per_term[0], target=None,
+        deadline=time.monotonic() + 5.0,
+    )  # fmt: skip
+    assert outcome.searched == 0 and np.array_equal(outcome.terms, coupled.per_term[0])

@@ -39,7 +39,7 @@ from faithverify.bounds.coupled import (
     sigma_upper_line,
 )
 from faithverify.bounds.crown import Box, LayerBounds, Relaxations
-from faithverify.bounds.paired import logit_shift, paired_form
+from faithverify.bounds.paired import UnpairableError, logit_shift, paired_form
 from faithverify.bounds.softmax import LOGIT_MARGIN, RELATIVE_MARGIN, LogitDiffBounds
 from faithverify.bounds.torchnet import Affine, BoundNetwork
 
@@ -344,7 +344,10 @@ def search_terms(
         if remaining <= 0:
             break
         if paired is None:
-            paired = PairedBaB(nets, layers, lower, upper, settings)
+            try:
+                paired = PairedBaB(nets, layers, lower, upper, settings)
+            except UnpairableError:
+                break  # layer kinds that do not line up (a ReLU against a max-pool): the coupled bound stands
         # Enough for this term: the threshold, or (no threshold) the next largest term.
         below = target if target is not None else float(terms.reshape(-1)[order[1]])
         result = paired.term(
