@@ -354,7 +354,9 @@ def search_terms(
             forms[worst[0]], worst[1], margin, time_limit=remaining, below=below, start=start
         )
         searched += 1
-        terms[worst] = min(value, result.bound)
+        # Never below 0, as in coupled_bound: where a logit difference passes EXP_CLIP the term is under e^-60,
+        # which the lines drawn on clipped intervals need not cover.
+        terms[worst] = min(value, max(result.bound, 0.0))
         if result.witness is not None and math.isfinite(result.reachable):
             witnesses.append(result.witness)
             reached = max(reached, result.reachable)
