@@ -40,7 +40,7 @@ from faithverify.bounds.coupled import (
 )
 from faithverify.bounds.crown import Box, LayerBounds, Relaxations
 from faithverify.bounds.paired import UnpairableError, logit_shift, paired_form
-from faithverify.bounds.softmax import LOGIT_MARGIN, RELATIVE_MARGIN, LogitDiffBounds
+from faithverify.bounds.softmax import LogitDiffBounds, float_margin
 from faithverify.bounds.torchnet import Affine, BoundNetwork
 
 
@@ -247,8 +247,7 @@ class TermBaB(NetworkBaB):
 
 def _narrowed(lo: Tensor, hi: Tensor, root: tuple[Tensor, Tensor]) -> tuple[Tensor, Tensor]:
     """A domain's intervals, widened by the float margin, within the root's (already widened), clipped for exp."""
-    lo = lo - (LOGIT_MARGIN + RELATIVE_MARGIN * lo.abs())
-    hi = hi + (LOGIT_MARGIN + RELATIVE_MARGIN * hi.abs())
+    lo, hi = lo - float_margin(lo), hi + float_margin(hi)
     lo, hi = torch.maximum(lo, root[0]), torch.minimum(hi, root[1])
     return lo.clamp(-EXP_CLIP, EXP_CLIP), torch.maximum(lo, hi).clamp(-EXP_CLIP, EXP_CLIP)
 

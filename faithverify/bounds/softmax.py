@@ -24,9 +24,12 @@ below the resolution anyone reads FaithUB at.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TypeVar
 
 import numpy as np
 import torch
+
+ArrayOrTensor = TypeVar("ArrayOrTensor", np.ndarray, torch.Tensor)
 
 LOGIT_MARGIN = 1e-5
 RELATIVE_MARGIN = 1e-6
@@ -44,11 +47,11 @@ def gap_eval_margin(num_classes: int) -> float:
     return 2 * softmax_eval_error(num_classes) + GAP_ROUNDING
 
 
-def float_margin(value: np.ndarray, weight: float = 1.0) -> np.ndarray:
+def float_margin(value: ArrayOrTensor, weight: float = 1.0) -> ArrayOrTensor:
     """The one margin for float evaluation error in a bound on a linear form of the logits (module docstring):
     ``weight`` logits' worth (``||a||_1`` of the form ``a · z``; 1 for a logit difference's own bound) plus a
-    relative part. Lower bounds move down by it, upper bounds up."""
-    return weight * LOGIT_MARGIN + RELATIVE_MARGIN * np.abs(value)
+    relative part. Lower bounds move down by it, upper bounds up. Arrays or tensors alike (``abs`` is both's)."""
+    return weight * LOGIT_MARGIN + RELATIVE_MARGIN * abs(value)
 
 
 @dataclass(frozen=True)
