@@ -133,7 +133,7 @@ def main() -> None:
     type=click.IntRange(min=1),
     default=20,
     show_default=True,
-    help="Optimisation steps of alpha-CROWN.",
+    help="Optimisation steps of alpha-CROWN, at most: it stops earlier once its bounds have converged.",
 )
 @attack_options(seed="Seed of the attacks' random starts.")
 @click.option(

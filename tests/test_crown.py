@@ -131,6 +131,32 @@ def test_alpha_crown_is_sound_and_never_looser_than_crown(
         assert torch.all(acts[k] >= lo[:, None] - 1e-9) and torch.all(acts[k] <= hi[:, None] + 1e-9)
 
 
+def test_alpha_crown_stops_once_converged_and_stays_sound(monkeypatch: pytest.MonkeyPatch) -> None:
+    """With ``min_gain`` the optimisation stops once its gain has flattened out: fewer iterations than the cap,
+    a bound close to the full run's, sound on samples and never looser than CROWN."""
+    body = random_mlp(5, [12, 16, 16, 16, 5], scale=1.3).double()
+    x = torch.rand(20, 12, dtype=torch.float64, generator=torch.Generator().manual_seed(5))
+    lower, upper = (x - 0.15).clamp(0, 1), (x + 0.15).clamp(0, 1)
+    net, box, spec = _net(body, 12), Box.of(lower, upper), pair_specification(5)
+    base, _ = crown.crown(net, box, spec)
+    calls: list[int] = []
+    original = crown.final_bound
+
+    def counting(*args: object, **kwargs: object) -> torch.Tensor:
+        calls.append(1)
+        return original(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(crown, "final_bound", counting)
+    full = crown.alpha_crown(net, box, spec, iterations=60).lower
+    full_calls, calls[:] = len(calls), []
+    early = crown.alpha_crown(net, box, spec, iterations=60, min_gain=0.03).lower
+    assert len(calls) < full_calls / 2
+    assert torch.all(early >= base)
+    gained = float((full - base).mean())
+    assert gained > 1e-3 and float((full - early).mean()) < 0.1 * gained
+    _check_on_samples(body, lower, upper, early)
+
+
 def test_float32_optimisation_keeps_the_float64_bound() -> None:
     """Slopes optimised in float32 give bounds within a small tolerance of the float64 optimisation's."""
     body = random_mlp(4, [20, 24, 24, 24, 6], scale=1.3).double()
