@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from faithverify.attack import input_box
+from faithverify.bounds import coupled_bab
 from faithverify.bounds.bounder import BoundMethod, PairBounder
 from faithverify.bounds.coupled import coupled_forms
 from faithverify.bounds.coupled_bab import PairedBaB, search_terms
@@ -57,6 +58,29 @@ def test_search_is_sound_and_never_looser(strangers: Pair, seed: int) -> None:  
     assert np.all(outcome.terms <= before)
     sampled = _sampled_terms(strangers, lower, upper, 20_000)
     assert np.all(sampled <= outcome.terms + 1e-12), (sampled, outcome.terms)
+
+
+def test_search_gives_up_a_stalled_term(strangers: Pair, monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: F811
+    """Every term search runs under the stall rule (at least _STALL_MIN seconds, or _STALL_SHARE of the time
+    left, without a gain of _STALL_GAIN ends it): the rule was once defined and never passed down."""
+    seen: list[tuple[float, float] | None] = []
+    original = PairedBaB.term
+
+    def spy(self: PairedBaB, *args: object, **kwargs: object) -> object:
+        seen.append(kwargs.get("stall"))  # type: ignore[arg-type]
+        return original(self, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(PairedBaB, "term", spy)
+    x0 = np.random.default_rng(1).random((1, 8), dtype=np.float32)
+    nets, layers, diffs, lower, upper, coupled = _setup(strangers, x0, 0.1)
+    search_terms(
+        nets, layers, diffs, lower, upper, x0.reshape(-1), coupled.per_term[0], target=None,
+        deadline=time.monotonic() + 4.0,
+    )  # fmt: skip
+    assert seen and all(s is not None for s in seen)
+    seconds, gain = seen[0]  # type: ignore[misc]
+    assert coupled_bab._STALL_MIN <= seconds <= max(coupled_bab._STALL_MIN, 4.0 * coupled_bab._STALL_SHARE)
+    assert gain == coupled_bab._STALL_GAIN
 
 
 def test_search_stops_at_a_reached_threshold(strangers: Pair) -> None:  # noqa: F811

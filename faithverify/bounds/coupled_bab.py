@@ -349,8 +349,11 @@ def search_terms(
                 break  # layer kinds that do not line up (a ReLU against a max-pool): the coupled bound stands
         # Enough for this term: the threshold, or (no threshold) the next largest term.
         below = target if target is not None else float(terms.reshape(-1)[order[1]])
+        # A search whose bound has not moved for a while is given up (the rest of the budget is the point's
+        # to keep, not to spend on a plateau).
+        stall = (max(_STALL_MIN, _STALL_SHARE * remaining), _STALL_GAIN)
         result = paired.term(
-            forms[worst[0]], worst[1], margin, time_limit=remaining, below=below, start=start
+            forms[worst[0]], worst[1], margin, time_limit=remaining, below=below, start=start, stall=stall
         )
         searched += 1
         # Never below 0, as in coupled_bound: where a logit difference passes EXP_CLIP the term is under e^-60,
