@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import time
 from pathlib import Path
 
@@ -18,6 +19,7 @@ from faithverify.bounds.crown import Box
 from faithverify.bounds.milp import Solver
 from faithverify.bounds.milp.model import NetworkMILP
 from faithverify.pair import Pair, load_pair
+from tests.conftest import export_onnx, random_mlp
 from tests.test_coupled import strangers  # noqa: F401  (fixture)
 
 
@@ -160,3 +162,35 @@ def test_networks_that_do_not_line_up_keep_their_coupled_bound(tmp_path: Path) -
         deadline=time.monotonic() + 5.0,
     )  # fmt: skip
     assert outcome.searched == 0 and np.array_equal(outcome.terms, coupled.per_term[0])
+
+
+def test_logit_splits_close_a_term_where_every_relu_is_stable(tmp_path: Path) -> None:
+    """Where no ReLU is unstable the networks are affine on the box and ReLU splits have nothing to split: only
+    the softmax lines are loose. Splitting a logit difference narrows the interval they are drawn on, so the
+    term's bound still comes down to a value the networks take (before logit splits it stayed at the root's)."""
+    teacher = random_mlp(41, [8, 6, 4])
+    with torch.no_grad():
+        teacher[0].bias += 4.0  # every hidden pre-activation stays positive on the box below
+    student = copy.deepcopy(teacher)
+    torch.manual_seed(7)
+    with torch.no_grad():
+        for p in student.parameters():
+            p.add_(0.02 * torch.randn_like(p))
+    pair = load_pair(
+        export_onnx(teacher, torch.zeros(1, 8), tmp_path / "t.onnx"),
+        export_onnx(student, torch.zeros(1, 8), tmp_path / "s.onnx"),
+    )
+    x0 = np.random.default_rng(0).random((1, 8), dtype=np.float32)
+    nets, layers, diffs, lower, upper, coupled = _setup(pair, x0, 0.5)
+    assert all(float(lo.min()) > 0 for net_layers in layers for lo, _ in net_layers.pre.values())
+    box = Box.of(torch.from_numpy(lower[None]), torch.from_numpy(upper[None]))
+    forms = coupled_forms(nets, layers, diffs, box, torch.from_numpy(x0.astype(np.float64)), iterations=20)
+    root = float(coupled.per_term[0][0, 0])
+    paired = PairedBaB(nets, layers, lower, upper)
+    result = paired.term(forms[0], 0, 1e-5, time_limit=5.0, start=x0.reshape(-1))
+    assert result.witness is not None
+    value = float(pair.gap_onnxruntime(result.witness[None].astype(np.float32))[0, 0])
+    sampled = float(_sampled_terms(pair, lower, upper, 20_000)[0, 0])
+    assert max(value, sampled) <= result.bound  # sound
+    assert root - value > 2e-3  # the root's lines were loose here ...
+    assert result.bound - value <= 1e-3  # ... and the logit splits closed them

@@ -81,6 +81,10 @@ class _Domains:
     beta: dict[int, Tensor]  # [M, n]
     lam: dict[int, Tensor]  # [M, n]: coefficients of each ReLU's output in the domain's bound (for branching)
     bound: Tensor  # [M]: lower bound of g = -w · z over the domain
+    # [M, R]: lower bounds of R linear forms of the output over the domain, for searches that also split on the
+    # output (coupled_bab.TermBaB: logit differences); None where nothing but ReLUs is split.
+    rows: Tensor | None = None
+    row_mult: Tensor | None = None  # [M, R]: their Lagrange multipliers in the domain's bound (>= 0)
 
     def __len__(self) -> int:
         return int(self.bound.shape[0])
@@ -93,7 +97,8 @@ class _Domains:
 
         return _Domains(
             pick(self.lower), pick(self.upper), pick(self.split), pick(self.alpha), pick(self.beta),
-            pick(self.lam), self.bound[index],
+            pick(self.lam), self.bound[index], None if self.rows is None else self.rows[index],
+            None if self.row_mult is None else self.row_mult[index],
         )  # fmt: skip
 
     @staticmethod
@@ -106,6 +111,8 @@ class _Domains:
         return _Domains(
             join("lower"), join("upper"), join("split"), join("alpha"), join("beta"), join("lam"),
             torch.cat([p.bound for p in parts]),
+            None if first.rows is None else torch.cat([p.rows for p in parts]),  # type: ignore[misc]
+            None if first.row_mult is None else torch.cat([p.row_mult for p in parts]),  # type: ignore[misc]
         )  # fmt: skip
 
 
@@ -152,6 +159,8 @@ class NetworkBaB(ExactMethod):
             root = crown.alpha_crown(network, self.box, spec, iterations=20).layers
         self.root = root
         self.relus = [k for k in sorted(root.pre) if isinstance(network.layers[k], Relu)]
+        # [R, output_dim]: linear forms of the output that domains may constrain (``_Domains.rows``); none here
+        self.output_rows: Tensor | None = None
 
     @property
     def num_classes(self) -> int:
@@ -342,19 +351,28 @@ class NetworkBaB(ExactMethod):
         params = [{"params": list(alpha.values()), "lr": self.settings.lr_alpha}]
         if has_split:
             params.append({"params": list(beta.values()), "lr": self.settings.lr_beta})
+        constrained = _OutputConstraints.of(d, self.output_rows)
+        if constrained is not None:
+            params.append({"params": [constrained.mult], "lr": self.settings.lr_beta})
         optimizer = torch.optim.Adam(params)
         with torch.enable_grad():
             for it in range(max(1, iterations)):
                 if it > 0 and time.perf_counter() >= deadline:
                     break
                 extra = {k: -beta[k] * signs[k] for k in beta} if has_split else None
-                lb = crown.final_bound(self.net, box, spec_m, layers, alpha, extra)[:, 0]
+                if constrained is None:
+                    lb = crown.final_bound(self.net, box, spec_m, layers, alpha, extra)[:, 0]
+                else:
+                    spec_c, offset = constrained.spec(spec_m)
+                    lb = crown.final_bound(self.net, box, spec_c, layers, alpha, extra)[:, 0] + offset
                 with torch.no_grad():
                     improved = lb.detach() > best
                     best = torch.where(improved, lb.detach(), best)
                     for k in alpha:
                         best_alpha[k][improved] = alpha[k].detach()[improved]
                         best_beta[k][improved] = beta[k].detach()[improved]
+                    if constrained is not None:
+                        constrained.keep(improved)
                 if it == max(1, iterations) - 1:
                     break
                 optimizer.zero_grad(set_to_none=True)
@@ -365,11 +383,16 @@ class NetworkBaB(ExactMethod):
                         t.clamp_(0.0, 1.0)
                     for t in beta.values():
                         t.clamp_(min=0.0)
+                    if constrained is not None:
+                        constrained.mult.clamp_(min=0.0)
         # One pass with the best multipliers: branching coefficients and the primal vertex.
         with torch.no_grad():
             taps: dict[int, Tensor] = {}
             extra = {k: -best_beta[k] * signs[k] for k in best_beta} if has_split else None
             coeffs = spec_m.to(self.net.dtype)
+            if constrained is not None:
+                d.row_mult = constrained.best
+                coeffs = constrained.spec(coeffs, constrained.best)[0]
             a, _ = crown.backward(
                 self.net, coeffs, len(self.net.layers), layers.relax, best_alpha, extra, taps
             )
@@ -388,15 +411,7 @@ class NetworkBaB(ExactMethod):
     def _branch(self, d: _Domains, spec: Tensor) -> tuple[_Domains | None, _Domains]:
         """Two children per domain, split on the neuron chosen by filtered smart branching; and the domains
         that have no free unstable neuron left."""
-        scores = []
-        for k in self.relus:
-            lo, hi = d.lower[k], d.upper[k]
-            free = (lo < 0) & (hi > 0) & (d.split[k] == 0)
-            gap = hi * (-lo) / torch.where(free, hi - lo, torch.ones_like(hi))
-            # |lambda| * gap, and a tiny pull towards the widest triangle where every lambda is zero.
-            score = torch.where(free, d.lam[k].abs() * gap + 1e-9 * gap, torch.full_like(gap, -1.0))
-            scores.append(score)
-        all_scores = torch.cat(scores, dim=1)
+        all_scores = self._relu_scores(d)
         keep = all_scores.max(dim=1).values >= 0
         final = d.take(torch.nonzero(~keep).squeeze(1))
         if not bool(keep.any()):
@@ -422,6 +437,18 @@ class NetworkBaB(ExactMethod):
         active, inactive = self._split(d, chosen)
         return _Domains.cat([active, inactive]), final
 
+    def _relu_scores(self, d: _Domains) -> Tensor:
+        """``[M, n]`` branching scores of every ReLU over all layers (BaBSR-like); -1 where not free and unstable."""
+        scores = []
+        for k in self.relus:
+            lo, hi = d.lower[k], d.upper[k]
+            free = (lo < 0) & (hi > 0) & (d.split[k] == 0)
+            gap = hi * (-lo) / torch.where(free, hi - lo, torch.ones_like(hi))
+            # |lambda| * gap, and a tiny pull towards the widest triangle where every lambda is zero.
+            score = torch.where(free, d.lam[k].abs() * gap + 1e-9 * gap, torch.full_like(gap, -1.0))
+            scores.append(score)
+        return torch.cat(scores, dim=1)
+
     def _split(self, d: _Domains, flat_idx: Tensor) -> tuple[_Domains, _Domains]:
         """Copies of the domains with neuron ``flat_idx`` (over all ReLU layers) fixed active / inactive."""
         m = len(d)
@@ -445,7 +472,11 @@ class NetworkBaB(ExactMethod):
         box = Box(self.box.center.expand(m, -1), self.box.radius.expand(m, -1))
         extra = {k: -(d.beta[k] * d.split[k].to(self.net.dtype)).unsqueeze(1) for k in d.beta}
         alpha = {k: v.unsqueeze(1) for k, v in d.alpha.items()}
-        return crown.final_bound(self.net, box, spec.expand(m, -1, -1), self._layers(d), alpha, extra)[:, 0]
+        spec_m, offset = spec.expand(m, -1, -1), torch.zeros(m, dtype=self.net.dtype, device=self.net.device)
+        constrained = _OutputConstraints.of(d, self.output_rows)
+        if constrained is not None:
+            spec_m, offset = constrained.spec(spec_m)
+        return crown.final_bound(self.net, box, spec_m, self._layers(d), alpha, extra)[:, 0] + offset
 
     def _leaves(
         self, d: _Domains, w: Tensor, best: float, witness: np.ndarray | None
@@ -480,6 +511,38 @@ class NetworkBaB(ExactMethod):
         if float(values[k]) > best:
             return float(values[k]), x[k].detach().cpu().double().numpy().copy()
         return best, witness
+
+
+@dataclass
+class _OutputConstraints:
+    """Domains' constraints ``rows · z(x) >= c`` on the output (``_Domains.rows``), taken into a bound of
+    ``spec · z`` by Lagrange multipliers ``mu >= 0``: on the domain ``spec · z >= (spec - mu rows) · z + mu · c``
+    (the added term ``mu (rows · z - c)`` is >= 0 there), for any ``mu``, which are optimised with the rest."""
+
+    rows: Tensor  # [R, n]
+    bounds: Tensor  # [M, R], 0 where there is no constraint
+    active: Tensor  # [M, R] (dtype): 1 where the constraint is finite
+    mult: Tensor  # [M, R], a parameter
+    best: Tensor  # [M, R]: the multipliers of each domain's best bound so far
+
+    @staticmethod
+    def of(d: _Domains, rows: Tensor | None) -> _OutputConstraints | None:
+        if rows is None or d.rows is None:
+            return None
+        finite = torch.isfinite(d.rows)
+        start = torch.zeros_like(d.rows) if d.row_mult is None else d.row_mult.clone()
+        return _OutputConstraints(
+            rows, torch.where(finite, d.rows, torch.zeros_like(d.rows)), finite.to(d.rows.dtype),
+            start.requires_grad_(True), start.detach().clone(),
+        )  # fmt: skip
+
+    def spec(self, spec: Tensor, mult: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """``spec - mu rows`` ``[M, 1, n]`` and the constant ``mu · c`` ``[M]``."""
+        mu = (self.mult if mult is None else mult) * self.active
+        return spec - (mu @ self.rows).unsqueeze(1), (mu * self.bounds).sum(-1)
+
+    def keep(self, improved: Tensor) -> None:
+        self.best[improved] = self.mult.detach()[improved]
 
 
 def _stalled(history: list[tuple[float, float]], now: float, seconds: float, gain: float) -> bool:

@@ -11,7 +11,10 @@ can never be. Two searches:
   softmax lines, fixed at the root's intervals, are loose);
 - :meth:`PairedBaB.term` (:class:`TermBaB`, what the refinement uses): the softmax relaxed again on every
   domain, from the domain's own logit-difference bounds; incumbents are the term's true values, so the search
-  closes on the term's maximum itself (up to the lines on the smallest domains, about 1e-3).
+  closes on the term's maximum itself (up to the lines on the smallest domains, about 1e-3). It splits on a
+  ReLU of either network or on a logit difference ``d_j`` (``d_j >= c`` / ``d_j <= c``: narrower softmax
+  lines), whichever a one-pass look-ahead favours; a logit split enters the domain's bound as a constraint on
+  the paired network's output with its own Lagrange multiplier (``bab._OutputConstraints``).
 
 Soundness: every domain bound is sound on its domain (as in :class:`NetworkBaB`), the domains cover the box,
 the softmax lines hold on the intervals they were drawn on (sound bounds, widened by the float margin), and
@@ -138,6 +141,11 @@ class PairedBaB:
         )
 
 
+# A logit difference whose exp(d_j) varies by less than this over a domain is not split (the softmax lines are
+# within about this of the softmax there).
+_LOGIT_SPLIT_MIN = 1e-4
+
+
 class TermBaB(NetworkBaB):
     """Branch and bound on one coupled term ``sigma_top,i(x) - sigma_low,i(x)`` over the paired network, with
     the softmax re-relaxed on every domain: a domain's own CROWN bounds on both networks' logit differences
@@ -180,6 +188,7 @@ class TermBaB(NetworkBaB):
                 r[:, at + cls] = -sign
                 rows.append(r)
         self.interval_rows = torch.cat(rows)  # [4 (C-1), 2C]
+        self.output_rows = self.interval_rows  # a domain's logit splits constrain these (``_Domains.rows``)
 
     def _bound_into(
         self,
@@ -198,8 +207,17 @@ class TermBaB(NetworkBaB):
         )  # -(term's upper bound); never below the parent's
         return self._evaluate_tensor(primal, w, best, witness)
 
-    def _domain_forms(self, d: _Domains) -> tuple[Tensor, Tensor]:
-        """Each domain's linear form ``[M, 2C]`` and constant ``[M]``: the softmax lines on its own intervals."""
+    def _root_domains(self) -> _Domains:
+        root = super()._root_domains()
+        root.rows = torch.full(
+            (1, self.interval_rows.shape[0]), -math.inf, dtype=self.net.dtype, device=self.net.device
+        )
+        return root
+
+    def _intervals(self, d: _Domains) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """Each domain's logit-difference intervals ``[M, C-1]`` (top network's lower, upper, low network's
+        lower, upper): CROWN's under its ReLU splits, within its logit splits and its parent's intervals (kept
+        in ``d.rows``: a child lies inside its parent), widened by the float margin, within the root's."""
         m = len(d)
         box = Box(self.box.center.expand(m, -1), self.box.radius.expand(m, -1))
         extra = {k: -(d.beta[k] * d.split[k].to(self.net.dtype)).unsqueeze(1) for k in d.beta}
@@ -208,10 +226,88 @@ class TermBaB(NetworkBaB):
             lb = crown.final_bound(
                 self.net, box, self.interval_rows.expand(m, -1, -1), self._layers(d), alpha, extra
             )
+        if d.rows is not None:
+            lb = torch.maximum(lb, d.rows)
+            d.rows = lb
+        return self._narrowed_rows(lb)
+
+    def _narrowed_rows(self, lb: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         j = self.c - 1
         top_lo, top_hi, low_lo, low_hi = lb[:, :j], -lb[:, j : 2 * j], lb[:, 2 * j : 3 * j], -lb[:, 3 * j :]
-        top_lo, top_hi = _narrowed(top_lo, top_hi, self.root_top)
-        low_lo, low_hi = _narrowed(low_lo, low_hi, self.root_low)
+        return (*_narrowed(top_lo, top_hi, self.root_top), *_narrowed(low_lo, low_hi, self.root_low))
+
+    # --- branching: a ReLU of either network, or a logit difference -------------------------------------------
+
+    def _branch(self, d: _Domains, spec: Tensor) -> tuple[_Domains | None, _Domains]:
+        """Two children per domain: split on the best-scored ReLU, or on the logit difference whose softmax
+        line is loosest (its range of ``exp(d_j)`` halved), whichever leaves the better worse child in one cheap
+        pass with the parent's multipliers (as filtered smart branching does between neurons). ReLU splits
+        tighten the networks' relaxations; only logit splits narrow the intervals the softmax lines are drawn
+        on when those stay wide once the ReLUs are fixed (the lines' looseness is then the whole gap)."""
+        relu_scores = self._relu_scores(d)
+        has_relu = relu_scores.max(dim=1).values >= 0
+        row, cut, has_logit = self._logit_choice(d)
+        use_logit = has_logit & ~has_relu
+        both = torch.nonzero(has_relu & has_logit).squeeze(1)
+        if len(both):
+            cand = d.take(both)
+            by_relu = self._worse_child(*self._split(cand, relu_scores[both].argmax(dim=1)))
+            by_logit = self._worse_child(*self._logit_split(cand, row[both], cut[both]))
+            use_logit[both] = by_logit > by_relu
+        use_relu = has_relu & ~use_logit
+        final = d.take(torch.nonzero(~has_relu & ~has_logit).squeeze(1))
+        parts: list[_Domains] = []
+        if bool(use_relu.any()):
+            on = torch.nonzero(use_relu).squeeze(1)
+            parts.extend(self._split(d.take(on), relu_scores[on].argmax(dim=1)))
+        if bool(use_logit.any()):
+            on = torch.nonzero(use_logit).squeeze(1)
+            parts.extend(self._logit_split(d.take(on), row[on], cut[on]))
+        return (_Domains.cat(parts) if parts else None), final
+
+    def _logit_choice(self, d: _Domains) -> tuple[Tensor, Tensor, Tensor]:
+        """Per domain: the row of ``d.rows`` to split (a lower bound of ``d_j`` of one network), where (the
+        ``d_j`` at which ``exp(d_j)`` is halfway through its range) and whether any range is worth a split."""
+        assert d.rows is not None
+        top_lo, top_hi, low_lo, low_hi = self._narrowed_rows(d.rows)
+        ranges = torch.cat([top_hi.exp() - top_lo.exp(), low_hi.exp() - low_lo.exp()], dim=1)  # [M, 2(C-1)]
+        widest, at = ranges.max(dim=1)
+        lo, hi = torch.cat([top_lo, low_lo], dim=1), torch.cat([top_hi, low_hi], dim=1)
+        lo_j, hi_j = lo.gather(1, at[:, None])[:, 0], hi.gather(1, at[:, None])[:, 0]
+        cut = torch.logaddexp(lo_j, hi_j) - math.log(2.0)
+        j = self.c - 1
+        row = torch.where(at < j, at, at + j)  # the lower-bound row of d_j: top network's, or the low one's
+        worth = (widest > _LOGIT_SPLIT_MIN) & (cut > lo_j) & (cut < hi_j)
+        return row, cut, worth
+
+    def _worse_child(self, first: _Domains, second: _Domains) -> Tensor:
+        """The smaller of the two children's cheap bounds of ``-term`` (parent's multipliers, own lines)."""
+        both = _Domains.cat([first, second])
+        weights, const = self._domain_forms(both)
+        with torch.no_grad():
+            lb = self._quick_bound(both, -weights.unsqueeze(1)) - const
+        return torch.minimum(lb[: len(first)], lb[len(first) :])
+
+    def _logit_split(self, d: _Domains, row: Tensor, cut: Tensor) -> tuple[_Domains, _Domains]:
+        """Copies of the domains with ``d_j >= cut`` and with ``d_j <= cut`` (``-d_j >= -cut``): together they
+        cover the domain, and each child's intervals are its parent's with one end moved. The new constraint
+        enters the child's bound through a Lagrange multiplier (``bab._OutputConstraints``), from 0: a choice
+        of a small grid of starting values was measured no better (it favoured logit splits too much)."""
+        assert d.rows is not None
+        m = len(d)
+        at = torch.arange(m, device=d.bound.device)
+        above, below = d.take(at), d.take(at)
+        assert above.rows is not None and below.rows is not None
+        j = self.c - 1
+        above.rows[at, row] = torch.maximum(above.rows[at, row], cut)
+        upper_row = row + j  # the same d_j's upper-bound row (-d_j >= -u)
+        below.rows[at, upper_row] = torch.maximum(below.rows[at, upper_row], -cut)
+        return above, below
+
+    def _domain_forms(self, d: _Domains) -> tuple[Tensor, Tensor]:
+        """Each domain's linear form ``[M, 2C]`` and constant ``[M]``: the softmax lines on its own intervals."""
+        m = len(d)
+        top_lo, top_hi, low_lo, low_hi = self._intervals(d)
         t = top_lo + torch.sigmoid(self.theta_top) * (top_hi - top_lo)
         up_slopes, up_const = sigma_upper_line(top_lo, top_hi, t)
         s_lo, s_hi = low_lo.exp().sum(-1), low_hi.exp().sum(-1)
