@@ -56,9 +56,9 @@ def main() -> None:
     lines += [
         "",
         "Test sets: MNIST and Fashion-MNIST 10,000 images, CIFAR-10 the 1,000 test images available here.",
-        "MNIST and Fashion-MNIST follow the paper's recipes (`faithverify recipes`); each card compares its model",
-        "with the paper's accuracies. CIFAR-10 is still the earlier set (its paper recipe is on its way: see the",
-        "cards' notes and `benchmarks/paper/results/summary.md`).",
+        "Every model follows the paper's recipe (`faithverify recipes`); each card compares it with the paper's",
+        "accuracies. The CIFAR-10 runs (128 epochs) were stopped for time and ship their best epoch: each card",
+        "says how many epochs it had (see also `benchmarks/paper/results/summary.md`).",
     ]
     (MODELS / "README.md").write_text("\n".join(lines) + "\n")
 
