@@ -100,9 +100,9 @@ class ExactSolver(ExactMethod):
 
     @property
     def milp(self) -> NetworkMILP:
-        return self._milp_by(None)
+        return self.milp_by(None)
 
-    def _milp_by(self, deadline: float | None) -> NetworkMILP:
+    def milp_by(self, deadline: float | None) -> NetworkMILP:
         """The MILP, built on first use (encoding and LP tightening cost up to a second, and branch and bound
         often settles a question alone); its LP tightening stops by ``deadline`` (``time.monotonic()``)."""
         if self._milp is None:
@@ -146,7 +146,7 @@ class ExactSolver(ExactMethod):
         def milp() -> NetworkMILP:
             # Building it is part of the time limit: its LP tightening gets at most half of what is left, the solve
             # the rest (a solver needs a while to start: HiGHS's presolve overran a 0.1 s limit by 1.6 s).
-            return self._milp_by(None if math.isinf(limit) else time.monotonic() + _TIGHTEN_SHARE * left())
+            return self.milp_by(None if math.isinf(limit) else time.monotonic() + _TIGHTEN_SHARE * left())
 
         if self._bab is None:
             model = milp()

@@ -1,0 +1,104 @@
+"""The joint MILP of a coupled term (bounds/milp/coupled_term.py): sound, and tight where the MILP finishes."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from faithverify.attack import input_box
+from faithverify.bounds.bounder import BoundMethod, PairBounder
+from faithverify.bounds.milp import Solver
+from faithverify.bounds.milp.backends import Status
+from faithverify.bounds.milp.coupled_term import CoupledTermMILP
+from faithverify.bounds.milp.model import NetworkMILP
+from faithverify.pair import Pair
+from tests.test_coupled import strangers  # noqa: F401  (fixture)
+from tests.test_coupled_bab import _sampled_terms
+
+
+def _joint(pair: Pair, x0: np.ndarray, eps: float, solver: Solver, pieces: int = 8) -> CoupledTermMILP:
+    bounder = PairBounder(pair, torch.device("cpu"))
+    lower, upper = input_box(x0, eps)
+    diffs = bounder.logit_bounds(lower, upper, BoundMethod.CROWN)
+    lo, hi = lower.reshape(-1), upper.reshape(-1)
+    milps = [NetworkMILP(form, lo, hi, solver=Solver.HIGHS) for form in bounder.forms]
+    return CoupledTermMILP(milps[0], milps[1], diffs, solver=solver, pieces=pieces)
+
+
+def _solvers() -> list[Solver]:
+    try:
+        import gurobipy  # noqa: F401
+    except ImportError:
+        return [Solver.HIGHS]
+    return [Solver.HIGHS, Solver.GUROBI]
+
+
+@pytest.mark.parametrize("eps", [0.05, 0.2])
+@pytest.mark.parametrize("solver", _solvers())
+def test_every_term_is_sound(strangers: Pair, eps: float, solver: Solver) -> None:  # noqa: F811
+    x0 = np.random.default_rng(7).random((1, 8), dtype=np.float32)
+    joint = _joint(strangers, x0, eps, solver)
+    lower, upper = (b.reshape(-1) for b in input_box(x0, eps))
+    sampled = _sampled_terms(strangers, lower, upper, 20_000)
+    for direction in (0, 1):
+        for cls in range(4):
+            result = joint.term(direction, cls, time_limit=30.0, below=None, start=x0.reshape(-1))
+            assert sampled[direction, cls] <= result.bound, (direction, cls, sampled, result)
+            if result.witness is not None:
+                # the term at the solver's input, by onnxruntime, is a value the networks take: below the bound
+                w = np.clip(result.witness, lower, upper)[None].astype(np.float32)
+                gap = float(strangers.gap_onnxruntime(w)[0, cls]) * (1 if direction == 0 else -1)
+                assert gap <= result.bound
+
+
+def test_closes_on_a_value_the_networks_take(strangers: Pair) -> None:  # noqa: F811
+    """Only the softmax is relaxed, and its chords close in with more pieces: solved to the end, the bound
+    comes within the "known" tolerance (results.EXACT_GAP) of the term at the solver's own input."""
+    x0 = np.random.default_rng(5).random((1, 8), dtype=np.float32)
+    joint = _joint(strangers, x0, 0.05, Solver.HIGHS, pieces=32)
+    lower, upper = (b.reshape(-1) for b in input_box(x0, 0.05))
+    sampled = _sampled_terms(strangers, lower, upper, 5_000)
+    direction, cls = (int(k) for k in np.unravel_index(int(sampled.argmax()), sampled.shape))
+    result = joint.term(direction, cls, time_limit=60.0, below=None, start=x0.reshape(-1))
+    assert result.status is Status.OPTIMAL
+    assert result.reachable <= result.bound
+    assert result.bound - result.reachable <= 1e-3, result
+
+
+def test_stops_once_below_the_level_asked(strangers: Pair) -> None:  # noqa: F811
+    x0 = np.random.default_rng(6).random((1, 8), dtype=np.float32)
+    joint = _joint(strangers, x0, 0.1, Solver.HIGHS)
+    full = joint.term(0, 1, time_limit=60.0, below=None, start=x0.reshape(-1))
+    level = full.bound + 0.05
+    early = joint.term(0, 1, time_limit=60.0, below=level, start=x0.reshape(-1))
+    assert early.bound <= level
+
+
+def test_the_refinement_runs_it_and_stays_sound(strangers: Pair, monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: F811
+    """With both branch and bound and the MILP among the refiners, a point's refinement lowers its terms with
+    the joint MILP too (these small networks: before the search), and what it reports is still sound."""
+    from faithverify.bounds.portfolio import Refiner
+    from faithverify.refine import refine_point
+
+    calls: list[float] = []
+    original = CoupledTermMILP.term
+
+    def spy(self: CoupledTermMILP, *args: object, **kwargs: object) -> object:
+        result = original(self, *args, **kwargs)  # type: ignore[arg-type]
+        calls.append(result.bound)
+        return result
+
+    monkeypatch.setattr(CoupledTermMILP, "term", spy)
+    x0 = np.random.default_rng(8).random((1, 8), dtype=np.float32)
+    eps = 0.15
+    bounder = PairBounder(strangers, torch.device("cpu"))
+    lower, upper = input_box(x0, eps)
+    t, s = bounder.logit_bounds(lower, upper, BoundMethod.CROWN)
+    result = refine_point(
+        *bounder.forms, lower, upper, t, s, x0, delta=None, solver=Solver.HIGHS,
+        refiners=(Refiner.BAB, Refiner.MILP), time_budget=20.0,
+    )  # fmt: skip
+    assert calls and result.searched >= len(calls)
+    sampled = _sampled_terms(strangers, lower.reshape(-1), upper.reshape(-1), 20_000)
+    assert float(sampled.max()) <= result.faith_ub
