@@ -19,7 +19,8 @@ Every input of the box has a feasible completion (its networks' values, and ``r`
 values: tangents lie below and chords above a convex function), so the MILP's maximum of ``p_a - p_b`` is at
 least the term's; the dual bound plus the MILP's soundness margin (model.py) and the float32 evaluation margin
 of a coupled term (:func:`~faithverify.bounds.coupled.coupled_margin`) bounds what onnxruntime can compute.
-Chord values are rounded up and tangent constants down by a relative 1e-12, far above float64's rounding of them.
+Chord values are rounded up, tangent constants down and column bounds outward by a relative 1e-12, far above
+float64's rounding of them.
 """
 
 from __future__ import annotations
@@ -55,7 +56,8 @@ PIECES = (
 )
 _TANGENTS = 8  # tangent rows per exp / h
 _EXP_RANGE = 20.0  # below d_j - m = -20, e^{d_j - m} < 2.1e-9: one chord covers the rest of [L_j, U_j]
-_ROUND = 1e-12  # relative: chord values up, tangent constants down
+_ROUND = 1e-12  # relative: chord values up, tangent constants down, column bounds out
+_D_MAX = 600.0  # logit differences past this (e^-600 is near float64's least normal) are not modelled
 
 
 @dataclass(frozen=True)
@@ -211,7 +213,7 @@ class CoupledTermMILP:
         pwls: list[_Pwl | None] = []
         for j in others:
             lo, hi = float(lo_d[j]), float(hi_d[j])
-            r = cols.add(math.exp(lo - m), math.exp(hi - m))
+            r = cols.add(math.exp(lo - m) * (1.0 - _ROUND), math.exp(hi - m) * (1.0 + _ROUND))
             expr, off = self._diff(net, i, j)
             if above:  # r_j >= e^{a - m} (1 + d_j - a): tangents at points where e^{d - m} matters
                 for t in np.unique(np.linspace(max(lo, hi - _EXP_RANGE), hi, _TANGENTS)):
@@ -228,8 +230,8 @@ class CoupledTermMILP:
                 cols.row(_plus({r: 1.0}, val, -1.0), -math.inf, val_off)
                 pwls.append(pwl)
             r_cols.append(r)
-        r_lo = sum(cols.lower[r] for r in r_cols)
-        r_hi = sum(cols.upper[r] for r in r_cols)
+        r_lo = sum(cols.lower[r] for r in r_cols) * (1.0 - _ROUND)
+        r_hi = sum(cols.upper[r] for r in r_cols) * (1.0 + _ROUND)
         big_r = cols.add(r_lo, r_hi)
         cols.row(_plus({big_r: 1.0}, {r: -1.0 for r in r_cols}), 0.0, 0.0)
         p = cols.add(0.0, 1.0)
@@ -344,6 +346,9 @@ class CoupledTermMILP:
         """Sound upper bound on term ``(direction, cls)`` (direction 0: teacher above); ``below``: enough once the
         bound is under it; ``start``: an input ``[D]`` of the box (a first incumbent)."""
         began = time.perf_counter()
+        if self.d_max > _D_MAX:
+            # e^-m would underflow and c / (c + R) lose its meaning: no bound from here.
+            return TermMilpResult(1.0, Status.STOPPED, time.perf_counter() - began, None, -math.inf)
         model, sides = self._model(direction, cls)
         cost, offset = model.objective(np.array([1.0, -1.0]))
         margin = float(coupled_margin(np.array([self.d_max]), self.num_classes)[0])
