@@ -379,7 +379,11 @@ def refine_point(
             # Eq. 6 cannot reach delta with any per-network bounds. The coupled bound still may, if these bounds
             # were at the values the networks reach: keep solving then, else give up at once.
             if coupled_hope is None:
-                coupled_hope = _coupled(teacher, student, anchors, solve_deadline, optimistic=True) <= delta
+                # No bound can go below the gap at an input of the box: a point whose x0 (or start) is above
+                # delta already is out of reach, whatever the optimistic bound (not sound) says.
+                coupled_hope = _gap_at(teacher, student, seen) <= delta and (
+                    _coupled(teacher, student, anchors, solve_deadline, optimistic=True) <= delta
+                )
             if not coupled_hope:
                 return finish(timed_out=False, out_of_reach=delta)
         # Only the largest term can lower FaithUB: one of its bounds is solved next (_pick_bound).
@@ -511,6 +515,16 @@ def _optimistic_bounds(side: _Side) -> LogitDiffBounds:
     return LogitDiffBounds(lower=-upper.T[None], upper=upper[None])
 
 
+def _gap_at(teacher: _Side, student: _Side, xs: np.ndarray) -> float:
+    """The largest ``|sigma_t,i - sigma_s,i|`` at inputs ``xs`` (``[K, D]``, clipped into the box), float64."""
+    probs = []
+    for side in (teacher, student):
+        z = side.form.forward(np.clip(xs, *side.box))
+        e = np.exp(z - z.max(axis=1, keepdims=True))
+        probs.append(e / e.sum(axis=1, keepdims=True))
+    return float(np.abs(probs[0] - probs[1]).max())
+
+
 def _joint_is_small(teacher: _Side, student: _Side) -> bool:
     """Both networks leave at most ``_JOINT_FIRST_BINARIES`` ReLUs unstable over the box together (by their
     root bounds: the MILPs' binaries, which LP tightening barely lowers on MNIST MLPs, would cost a second to
@@ -625,10 +639,10 @@ def _result(
                 if target is not None and outcome.reached > target:
                     break  # a witness above delta
             else:
-                per_term, found, solves = _joint_terms(
+                per_term, found, joint_solves = _joint_terms(
                     teacher, student, per_term, anchors[0], target, deadline
                 )
-                witnesses, searched = [*witnesses, *found], searched + solves
+                witnesses, searched = [*witnesses, *found], searched + joint_solves
         coupled = min(coupled, float(per_term.max()))
     # Exact: exact solves of every pair would give the same FaithUB. So it is at the floor, or when every bound
     # of the largest term is final and none of them is a dual bound left by a time limit.
