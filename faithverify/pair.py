@@ -14,6 +14,7 @@ import numpy as np
 import onnx
 from onnx import compose, helper, version_converter
 
+from faithverify.bounds.softmax import softmax_of
 from faithverify.errors import ModelLoadError, ModelMismatchError
 from faithverify.onnx_io import LoadedModel, load_model, run_onnxruntime
 
@@ -155,7 +156,7 @@ def pair_models(
     if check:
         rng = np.random.default_rng(0)
         x = rng.random((8, *teacher.input_shape), dtype=np.float32)
-        expected = _softmax(run_onnxruntime(teacher.onnx_model, x)) - _softmax(
+        expected = softmax_of(run_onnxruntime(teacher.onnx_model, x)) - softmax_of(
             run_onnxruntime(student.onnx_model, x)
         )
         got = pair.gap_onnxruntime(x)
@@ -218,8 +219,3 @@ def _paired_session(pair: Pair) -> _Session:
     if key not in _SESSIONS:
         _SESSIONS[key] = (pair.onnx_model, _Session(pair.onnx_model))
     return _SESSIONS[key][1]
-
-
-def _softmax(z: np.ndarray) -> np.ndarray:
-    e = np.exp(z - z.max(axis=-1, keepdims=True))
-    return np.asarray(e / e.sum(axis=-1, keepdims=True))

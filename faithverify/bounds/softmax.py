@@ -93,6 +93,12 @@ class LogitDiffBounds:
         return LogitDiffBounds(lower=d, upper=d.copy())
 
 
+def softmax_of(z: np.ndarray) -> np.ndarray:
+    """The softmax over the last axis, in the logits' precision (shifted by the maximum: no overflow)."""
+    e = np.exp(z - z.max(axis=-1, keepdims=True))
+    return np.asarray(e / e.sum(axis=-1, keepdims=True))
+
+
 def _as_float64(t: np.ndarray | torch.Tensor) -> np.ndarray:
     if isinstance(t, torch.Tensor):
         t = t.detach().cpu().numpy()

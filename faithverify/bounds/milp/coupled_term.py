@@ -46,7 +46,7 @@ from faithverify.bounds.milp.backends import (
 )
 from faithverify.bounds.milp.encoding import MilpModel
 from faithverify.bounds.milp.model import NetworkMILP, soundness_margin
-from faithverify.bounds.softmax import LogitDiffBounds
+from faithverify.bounds.softmax import LogitDiffBounds, softmax_of
 from faithverify.errors import SolverError
 from faithverify.methods import Solver
 from faithverify.network import SparseMatrix
@@ -321,8 +321,7 @@ class CoupledTermMILP:
             v[side.total] = sum(v[r] for r in side.r)
             if side.h_chords is not None:
                 side.h_chords.start(v[side.total], v)
-            z_side = np.exp(z - z.max())
-            v[side.p] = z_side[side.cls] / z_side.sum()
+            v[side.p] = softmax_of(z)[side.cls]
         return np.clip(v, model.col_lower, model.col_upper)
 
     def _backend(self, model: MilpModel) -> Backend:
@@ -379,9 +378,8 @@ class CoupledTermMILP:
 
     def value(self, direction: int, cls: int, x: np.ndarray) -> float:
         """The term at input ``x`` (float64 forward passes of both networks)."""
-        probs = []
-        for milp in self.nets:
-            z = milp.network.forward(np.asarray(x, np.float64).reshape(1, -1))[0]
-            e = np.exp(z - z.max())
-            probs.append(e[cls] / e.sum())
-        return float(probs[0] - probs[1]) * (1.0 if direction == 0 else -1.0)
+        t, s = (
+            softmax_of(milp.network.forward(np.asarray(x, np.float64).reshape(1, -1))[0])
+            for milp in self.nets
+        )
+        return float(t[cls] - s[cls]) * (1.0 if direction == 0 else -1.0)
