@@ -73,6 +73,9 @@ def test_stops_once_below_the_level_asked(strangers: Pair) -> None:  # noqa: F81
     level = full.bound + 0.05
     early = joint.term(0, 1, time_limit=60.0, below=level, start=x0.reshape(-1))
     assert early.bound <= level
+    # A deadline already passed (a negative limit once reached HiGHS as an error): a sound bound all the same.
+    late = joint.term(0, 1, time_limit=-1.0, below=None, start=x0.reshape(-1))
+    assert late.bound >= full.bound - 1e-9
 
 
 def test_the_refinement_runs_it_and_stays_sound(strangers: Pair, monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: F811

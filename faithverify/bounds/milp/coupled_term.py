@@ -57,6 +57,7 @@ PIECES = (
 _TANGENTS = 8  # tangent rows per exp / h
 _EXP_RANGE = 20.0  # below d_j - m = -20, e^{d_j - m} < 2.1e-9: one chord covers the rest of [L_j, U_j]
 _ROUND = 1e-12  # relative: chord values up, tangent constants down, column bounds out
+_MIN_LIMIT = 1e-3  # seconds
 _D_MAX = 600.0  # logit differences past this (e^-600 is near float64's least normal) are not modelled
 
 
@@ -357,6 +358,9 @@ class CoupledTermMILP:
             # Stop once dual + its margins is below: solve for a level a little under ``below``.
             level = below - margin - soundness_margin(below, total)
             stop = StopRule(bound_at_most=level, incumbent_above=math.inf)
+        time_limit = max(
+            time_limit, _MIN_LIMIT
+        )  # HiGHS refuses a negative limit (a caller's deadline passed)
         x = np.asarray(start, np.float64).reshape(-1)
         v0 = self._start(model, sides, x)
         backend = self._backend(model)
