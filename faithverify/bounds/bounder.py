@@ -85,7 +85,7 @@ class NetworkBounder:
         device: torch.device | str = "cpu",
         dtype: torch.dtype = torch.float64,
         alpha_iterations: int = 20,
-        alpha_lr: float = 0.25,
+        alpha_lr: float = crown.ALPHA_LR,
         engine: Engine | str = Engine.NATIVE,
         alpha_min_gain: float | None = ALPHA_MIN_GAIN,
     ) -> None:

@@ -29,7 +29,10 @@ looser than CROWN either); on the shipped MNIST pair the mean FaithUB moves by a
 
 **When to stop**: most of the gain comes in the first iterations (on the shipped MNIST pair, 5 of 20 iterations
 give 90% of it). With ``min_gain`` the loop ends once two iterations in a row have added less than that share of
-what the optimisation has gained so far; screening uses 0.03 (``bounder.ALPHA_MIN_GAIN``).
+what the optimisation has gained so far; screening uses 0.03 (``bounder.ALPHA_MIN_GAIN``). Adam's step
+(:data:`ALPHA_LR`) is auto_LiRPA's default, 0.5: with the stopping rule it converges in 6-7 iterations where 0.25
+took 8, and to bounds as tight or tighter (MNIST, Fashion-MNIST and CIFAR-10 FD pairs at two or three radii each:
+1.1-1.6x the points per second; with 20 fixed iterations both rates give the same bounds).
 
 **Floating point**: the returned bounds are for exact arithmetic on the stored weights, computed in float64;
 :mod:`faithverify.bounds.softmax` widens them by a stated margin before they are used.
@@ -57,6 +60,8 @@ from faithverify.bounds.torchnet import Affine, BoundNetwork, MaxPool, Relu
 # (in a core's cache: 32 MB chunks were 3-4 times slower on a 2-core EPYC), 2 GB on a GPU (few, large kernels).
 _CHUNK_ELEMENTS = 500_000
 _GPU_CHUNK_ELEMENTS = 1 << 28
+# alpha-CROWN's Adam step (module docstring: when to stop).
+ALPHA_LR = 0.5
 # Entries of W_0 diag(r) kept per box (Box.scaled): 256 MB of float64.
 _SCALED_ELEMENTS = 1 << 25
 
@@ -436,7 +441,7 @@ def alpha_crown(
     spec: Tensor,
     *,
     iterations: int = 20,
-    lr: float = 0.25,
+    lr: float = ALPHA_LR,
     lr_decay: float = 0.9,
     optimize_intermediate: bool = True,
     optimize_dtype: torch.dtype | None = None,
