@@ -105,3 +105,47 @@ def test_the_refinement_runs_it_and_stays_sound(strangers: Pair, monkeypatch: py
     assert calls and result.searched >= len(calls)
     sampled = _sampled_terms(strangers, lower.reshape(-1), upper.reshape(-1), 20_000)
     assert float(sampled.max()) <= result.faith_ub
+
+
+def test_a_search_before_it_leaves_it_time(strangers: Pair, monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: F811
+    """Where the joint MILP comes after the branch-and-bound search (and enough time is left), the search may
+    take only part of the time left (refine._SEARCH_BEFORE_JOINT), the joint MILP runs after it, the search
+    gets what it leaves, and the answer stays sound."""
+    import time
+
+    from faithverify import refine
+    from faithverify.bounds.portfolio import Refiner
+
+    monkeypatch.setattr(refine, "_JOINT_FIRST_BINARIES", -1)  # every pair: the search first
+    monkeypatch.setattr(refine, "_JOINT_RESERVE_FROM", 0.0)  # a reserve whatever the time left
+    order: list[tuple[str, float, float]] = []  # stage, when it started, its deadline
+    search, joint = refine.search_terms, refine._joint_terms
+
+    def spy_search(*args: object, **kwargs: object) -> object:
+        order.append(("search", time.monotonic(), float(kwargs["deadline"])))  # type: ignore[arg-type]
+        return search(*args, **kwargs)  # type: ignore[arg-type]
+
+    def spy_joint(*args: object) -> object:
+        order.append(("joint", time.monotonic(), float(args[-1])))  # type: ignore[arg-type]
+        return joint(*args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(refine, "search_terms", spy_search)
+    monkeypatch.setattr(refine, "_joint_terms", spy_joint)
+    x0 = np.random.default_rng(8).random((1, 8), dtype=np.float32)
+    eps = 0.15
+    bounder = PairBounder(strangers, torch.device("cpu"))
+    lower, upper = input_box(x0, eps)
+    t, s = bounder.logit_bounds(lower, upper, BoundMethod.CROWN)
+    result = refine.refine_point(
+        *bounder.forms, lower, upper, t, s, x0, delta=None, solver=Solver.HIGHS,
+        refiners=(Refiner.BAB, Refiner.MILP), time_budget=10.0,
+    )  # fmt: skip
+    stages = [stage for stage, _, _ in order]
+    assert stages[:2] == ["search", "joint"], order
+    _, started, until = order[0]
+    final_deadline = order[1][2]
+    assert until < final_deadline
+    assert until - started <= refine._SEARCH_BEFORE_JOINT * (final_deadline - started) + 1e-6
+    assert stages[2:] in ([], ["search"])
+    sampled = _sampled_terms(strangers, lower.reshape(-1), upper.reshape(-1), 20_000)
+    assert float(sampled.max()) <= result.faith_ub
