@@ -12,7 +12,9 @@ from faithverify.bounds.milp import Solver
 from faithverify.bounds.milp.backends import Status
 from faithverify.bounds.milp.coupled_term import CoupledTermMILP
 from faithverify.bounds.milp.model import NetworkMILP
+from faithverify.bounds.portfolio import Refiner
 from faithverify.pair import Pair
+from faithverify.refine import RefineResult, refine_point
 from tests.test_coupled import strangers  # noqa: F401  (fixture)
 from tests.test_coupled_bab import _sampled_terms
 
@@ -78,12 +80,24 @@ def test_stops_once_below_the_level_asked(strangers: Pair) -> None:  # noqa: F81
     assert late.bound >= full.bound - 1e-9
 
 
+def _refined_soundly(pair: Pair, time_budget: float) -> RefineResult:
+    """One point's refinement with both refiners (the paper's FaithUB), checked against dense sampling."""
+    x0 = np.random.default_rng(8).random((1, 8), dtype=np.float32)
+    bounder = PairBounder(pair, torch.device("cpu"))
+    lower, upper = input_box(x0, 0.15)
+    t, s = bounder.logit_bounds(lower, upper, BoundMethod.CROWN)
+    result = refine_point(
+        *bounder.forms, lower, upper, t, s, x0, delta=None, solver=Solver.HIGHS,
+        refiners=(Refiner.BAB, Refiner.MILP), time_budget=time_budget,
+    )  # fmt: skip
+    sampled = _sampled_terms(pair, lower.reshape(-1), upper.reshape(-1), 20_000)
+    assert float(sampled.max()) <= result.faith_ub
+    return result
+
+
 def test_the_refinement_runs_it_and_stays_sound(strangers: Pair, monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: F811
     """With both branch and bound and the MILP among the refiners, a point's refinement lowers its terms with
     the joint MILP too (these small networks: before the search), and what it reports is still sound."""
-    from faithverify.bounds.portfolio import Refiner
-    from faithverify.refine import refine_point
-
     calls: list[float] = []
     original = CoupledTermMILP.term
 
@@ -93,18 +107,8 @@ def test_the_refinement_runs_it_and_stays_sound(strangers: Pair, monkeypatch: py
         return result
 
     monkeypatch.setattr(CoupledTermMILP, "term", spy)
-    x0 = np.random.default_rng(8).random((1, 8), dtype=np.float32)
-    eps = 0.15
-    bounder = PairBounder(strangers, torch.device("cpu"))
-    lower, upper = input_box(x0, eps)
-    t, s = bounder.logit_bounds(lower, upper, BoundMethod.CROWN)
-    result = refine_point(
-        *bounder.forms, lower, upper, t, s, x0, delta=None, solver=Solver.HIGHS,
-        refiners=(Refiner.BAB, Refiner.MILP), time_budget=20.0,
-    )  # fmt: skip
+    result = _refined_soundly(strangers, time_budget=20.0)
     assert calls and result.searched >= len(calls)
-    sampled = _sampled_terms(strangers, lower.reshape(-1), upper.reshape(-1), 20_000)
-    assert float(sampled.max()) <= result.faith_ub
 
 
 def test_a_search_before_it_leaves_it_time(strangers: Pair, monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: F811
@@ -114,7 +118,6 @@ def test_a_search_before_it_leaves_it_time(strangers: Pair, monkeypatch: pytest.
     import time
 
     from faithverify import refine
-    from faithverify.bounds.portfolio import Refiner
 
     monkeypatch.setattr(refine, "_JOINT_FIRST_BINARIES", -1)  # every pair: the search first
     monkeypatch.setattr(refine, "_JOINT_RESERVE_FROM", 0.0)  # a reserve whatever the time left
@@ -131,15 +134,7 @@ def test_a_search_before_it_leaves_it_time(strangers: Pair, monkeypatch: pytest.
 
     monkeypatch.setattr(refine, "search_terms", spy_search)
     monkeypatch.setattr(refine, "_joint_terms", spy_joint)
-    x0 = np.random.default_rng(8).random((1, 8), dtype=np.float32)
-    eps = 0.15
-    bounder = PairBounder(strangers, torch.device("cpu"))
-    lower, upper = input_box(x0, eps)
-    t, s = bounder.logit_bounds(lower, upper, BoundMethod.CROWN)
-    result = refine.refine_point(
-        *bounder.forms, lower, upper, t, s, x0, delta=None, solver=Solver.HIGHS,
-        refiners=(Refiner.BAB, Refiner.MILP), time_budget=10.0,
-    )  # fmt: skip
+    _refined_soundly(strangers, time_budget=10.0)
     stages = [stage for stage, _, _ in order]
     assert stages[:2] == ["search", "joint"], order
     _, started, until = order[0]
@@ -147,5 +142,3 @@ def test_a_search_before_it_leaves_it_time(strangers: Pair, monkeypatch: pytest.
     assert until < final_deadline
     assert until - started <= refine._SEARCH_BEFORE_JOINT * (final_deadline - started) + 1e-6
     assert stages[2:] in ([], ["search"])
-    sampled = _sampled_terms(strangers, lower.reshape(-1), upper.reshape(-1), 20_000)
-    assert float(sampled.max()) <= result.faith_ub
