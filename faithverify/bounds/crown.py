@@ -31,8 +31,9 @@ looser than CROWN either); on the shipped MNIST pair the mean FaithUB moves by a
 give 90% of it). With ``min_gain`` the loop ends once two iterations in a row have added less than that share of
 what the optimisation has gained so far; screening uses 0.03 (``bounder.ALPHA_MIN_GAIN``). Adam's step
 (:data:`ALPHA_LR`) is auto_LiRPA's default, 0.5: with the stopping rule it converges in 6-7 iterations where 0.25
-took 8, and to bounds as tight or tighter (MNIST, Fashion-MNIST and CIFAR-10 FD pairs at two or three radii each:
-1.1-1.6x the points per second; with 20 fixed iterations both rates give the same bounds).
+took 8, at the same or a tighter mean FaithUB on the MNIST pair (1.1-1.6x the points per second,
+``benchmarks/results/screening_throughput.md``; spot checks on the Fashion-MNIST and CIFAR-10 FD pairs agreed
+within 1e-4).
 
 **Floating point**: the returned bounds are for exact arithmetic on the stored weights, computed in float64;
 :mod:`faithverify.bounds.softmax` widens them by a stated margin before they are used.
