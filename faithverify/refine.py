@@ -89,6 +89,15 @@ _JOINT_MIN_SECONDS = 0.1  # a term's MILP is not started with less time than thi
 # settles a term, and halving the search at 10 s per point left one more point unknown at eps 0.15 (6 of 50).
 _SEARCH_BEFORE_JOINT = 0.5
 _JOINT_RESERVE_FROM = 10.0
+# With at least _JOINT_ROWS_FROM seconds left, a term's joint MILP is first given its class's row of each
+# network's logit-difference bounds (z_j - z_cls, both signs) solved by that network's own MILP, in at most
+# _JOINT_ROWS_SHARE of the time left: the joint model's softmax relaxation is built on that row, and a point the
+# per-network solves gave up on early (out of reach of eq. 6) still has alpha-CROWN's there. Point 7 of the first
+# MNIST pair (eps 0.05, largest term): the joint MILP alone 0.586 after 300 s; the row in 143 s, then the joint
+# MILP 0.337 after 60 s and 0.248 after 300 s (benchmarks/results/joint_term_point7.md). Below 60 s the solves
+# would take the time the joint MILP needs (the 10-30 s budgets of the benchmarks never get here).
+_JOINT_ROWS_FROM = 60.0
+_JOINT_ROWS_SHARE = 0.5
 
 
 @dataclass
@@ -563,6 +572,7 @@ def _joint_terms(
     solves = 0
     joint: CoupledTermMILP | None = None
     done: set[tuple[int, int]] = set()
+    rows: set[int] = set()  # classes whose rows were solved for the joint model
     while True:
         order = np.argsort(-terms.reshape(-1))
         row, col = (int(k) for k in np.unravel_index(int(order[0]), terms.shape))
@@ -577,6 +587,17 @@ def _joint_terms(
             remaining = deadline - time.monotonic()
             if remaining <= _JOINT_MIN_SECONDS:
                 break  # building it (LP tightening) took the time
+        if remaining >= _JOINT_ROWS_FROM and col not in rows:
+            rows.add(col)
+            # The student first, with half the rows' time (what it leaves goes to the teacher): on the MNIST pairs
+            # its row takes seconds where the teacher's takes minutes.
+            now = time.monotonic()
+            solves += _solve_row(student, col, now + _JOINT_ROWS_SHARE * remaining / 2)
+            solves += _solve_row(teacher, col, now + _JOINT_ROWS_SHARE * remaining)
+            # The same MILPs (only their bounds on the row changed), and eq. 6 on the new bounds may be lower.
+            joint = CoupledTermMILP(*milps, (teacher.bounds(), student.bounds()), solver=teacher.solver)
+            terms = np.minimum(terms, _terms(teacher, student))
+            continue  # the row may have settled this term, or made another the largest
         below = target if target is not None else float(terms.reshape(-1)[order[1]])
         # Against a delta every term must come below it, so a term may take all the time left (no other can
         # decide the point without it); for the paper's FaithUB each term gets a share, the next largest the rest.
@@ -591,6 +612,28 @@ def _joint_terms(
         if result.status is not Status.BOUND_BELOW_CUTOFF:
             done.add(worst)  # solved, or out of its time: the search may still lower it
     return terms, witnesses, solves
+
+
+def _solve_row(side: _Side, cls: int, until: float) -> int:
+    """Solve the bounds of ``z_j - z_cls`` (both signs) that are not final yet by the side's exact solver, the time
+    left until ``until`` shared evenly among the solves left (one ending early leaves its time to the rest).
+    Returns the number of solves."""
+    classes = len(side.upper)
+    todo = [(i, j) for k in range(classes) if k != cls for i, j in ((cls, k), (k, cls))]
+    todo = [pair for pair in todo if pair not in side.solved]
+    solves = 0
+    for n, (i, j) in enumerate(todo):
+        left = until - time.monotonic()
+        if left <= _JOINT_MIN_SECONDS:
+            break
+        result = side.exact.max_logit_diff(i, j, time_limit=left / (len(todo) - n))
+        solves += 1
+        tightened = _tightened(side, [(i, j, result.bound)])
+        side.lower, side.upper = tightened.lower[0], tightened.upper[0]
+        side.solved.add((i, j))
+        if not result.exact:
+            side.inexact.add((i, j))
+    return solves
 
 
 def _result(
@@ -613,6 +656,14 @@ def _result(
     (bounds/coupled_bab.py), until every term is ``<= target`` (None: as low as the largest term goes)."""
     terms = _terms(teacher, student)
     value = float(terms.max())
+    # Exact: exact solves of every pair would give the same FaithUB. So it is at the floor, or when every bound
+    # of the largest term is final and none of them is a dual bound left by a time limit. Decided here, on the
+    # bounds ``value`` comes from (the joint stage below may solve more of them).
+    direction, cls = (int(k) for k in np.unravel_index(int(terms.argmax()), terms.shape))
+    settled = all(
+        (i, j) in side.solved and (i, j) not in side.inexact
+        for side, i, j in _term_bounds(cls, direction, teacher, student)
+    )
     final = _coupled_bound(teacher, student, [*anchors, *witnesses[-1:]], deadline)
     coupled = float(final.value[0])
     searched = 0
@@ -657,13 +708,6 @@ def _result(
                 )
                 witnesses, searched = [*witnesses, *found], searched + joint_solves
         coupled = min(coupled, float(per_term.max()))
-    # Exact: exact solves of every pair would give the same FaithUB. So it is at the floor, or when every bound
-    # of the largest term is final and none of them is a dual bound left by a time limit.
-    direction, cls = (int(k) for k in np.unravel_index(int(terms.argmax()), terms.shape))
-    settled = all(
-        (i, j) in side.solved and (i, j) not in side.inexact
-        for side, i, j in _term_bounds(cls, direction, teacher, student)
-    )
     exact = value <= _floor(teacher, student) + _NEGLIGIBLE or (settled and not timed_out)
     eq6 = value if math.isfinite(value) else 1.0
     value = min(eq6, coupled)

@@ -66,6 +66,10 @@ def test_closes_on_a_value_the_networks_take(strangers: Pair) -> None:  # noqa: 
     assert result.status is Status.OPTIMAL
     assert result.reachable <= result.bound
     assert result.bound - result.reachable <= 1e-3, result
+    # The relaxed objective at the solution: at most the bound, and (solved to the end) within the same
+    # tolerance of the term's true value there.
+    assert result.incumbent is not None and result.incumbent <= result.bound
+    assert abs(result.incumbent - result.reachable) <= 1e-3, result
 
 
 def test_stops_once_below_the_level_asked(strangers: Pair) -> None:  # noqa: F811
@@ -142,3 +146,33 @@ def test_a_search_before_it_leaves_it_time(strangers: Pair, monkeypatch: pytest.
     assert until < final_deadline
     assert until - started <= refine._SEARCH_BEFORE_JOINT * (final_deadline - started) + 1e-6
     assert stages[2:] in ([], ["search"])
+
+
+def test_a_long_joint_stage_solves_its_row_first(strangers: Pair, monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: F811
+    """With time enough (refine._JOINT_ROWS_FROM, lowered here), a term's joint MILP first gets its class's row
+    of each network's logit-difference bounds from that network's own solves: both networks, once per class,
+    every bound sound against sampling and never looser than before; the answer stays sound."""
+    from faithverify import refine
+
+    monkeypatch.setattr(refine, "_JOINT_ROWS_FROM", 0.0)
+    calls: list[int] = []
+    solve_row = refine._solve_row
+
+    def spy(side: refine._Side, cls: int, until: float) -> int:
+        before = side.upper.copy()
+        solves = solve_row(side, cls, until)
+        calls.append(cls)
+        assert np.all(side.upper <= before)
+        rng = np.random.default_rng(cls)
+        lo, hi = side.box
+        z = side.form.forward(lo + (hi - lo) * rng.random((5_000, len(lo))))
+        sampled = (z[:, None, :] - z[:, :, None]).max(axis=0)  # [i, j]: max z_j - z_i
+        assert np.all(sampled[cls] <= side.upper[cls] + 1e-9) and np.all(
+            sampled[:, cls] <= side.upper[:, cls] + 1e-9
+        )
+        return solves
+
+    monkeypatch.setattr(refine, "_solve_row", spy)
+    _refined_soundly(strangers, time_budget=10.0)
+    assert calls and len(calls) % 2 == 0 and calls[0] == calls[1], calls  # both networks, the same class
+    assert len(set(calls)) == len(calls) // 2, calls  # once per class

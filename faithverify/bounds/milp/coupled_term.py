@@ -70,6 +70,9 @@ class TermMilpResult:
     seconds: float
     witness: np.ndarray | None  # [D]
     reachable: float  # the term at ``witness`` (float64 forward pass); -inf without one
+    # The relaxed objective at the solver's best solution: near ``reachable`` when the softmax relaxation is
+    # tight there, so a bound far above both says the ReLU branching, not the softmax, is what is left.
+    incumbent: float | None = None
 
 
 class _Columns:
@@ -378,7 +381,9 @@ class CoupledTermMILP:
         if raw.solution is not None:
             witness = raw.solution[: model.input_dim].copy()
             reachable = self.value(direction, cls, witness)
-        return TermMilpResult(max(bound, 0.0), raw.status, time.perf_counter() - began, witness, reachable)
+        return TermMilpResult(
+            max(bound, 0.0), raw.status, time.perf_counter() - began, witness, reachable, raw.incumbent
+        )
 
     def value(self, direction: int, cls: int, x: np.ndarray) -> float:
         """The term at input ``x`` (float64 forward passes of both networks)."""
