@@ -27,9 +27,12 @@ from faithverify.bounds.milp import (
     logit_diff_bounds_milp,
     soundness_margin,
 )
+from faithverify.bounds.milp.backends import GurobiBackend, HighsBackend, SolverOptions, solver_rows
+from faithverify.bounds.milp.encoding import MilpModel
 from faithverify.bounds.softmax import LogitDiffBounds
 from faithverify.bounds.torchnet import BoundNetwork
 from faithverify.errors import BoundingError
+from faithverify.network import SparseMatrix
 from faithverify.onnx_io import load_model
 from faithverify.onnx_io.layers import ConstAdd, ConstMul, Reshape, Transpose
 from tests.conftest import export_onnx, random_cnn, random_mlp
@@ -519,6 +522,56 @@ def test_lp_tightening_is_sound_and_only_tightens() -> None:
         a, b = plain.max_logit_diff(i, j), tight.max_logit_diff(i, j)
         assert a.exact and b.exact
         assert a.bound == pytest.approx(b.bound, abs=1e-4)
+
+
+def _tiny_coefficient_model() -> MilpModel:
+    """max y s.t. y <= 1e-10 x, x in [0, 1e5], plus one binary: the maximum is 1e-5, at x = 1e5 (far above the
+    MILP's soundness margin, 1e-6)."""
+    return MilpModel(
+        col_lower=np.zeros(3),
+        col_upper=np.array([1e5, 1.0, 1.0]),
+        integrality=np.array([False, False, True]),
+        matrix=SparseMatrix.from_coo(
+            np.array([0, 0, 1]), np.array([1, 0, 2]), np.array([1.0, -1e-10, 1.0]), (2, 3)
+        ),
+        row_lower=np.array([-np.inf, 0.0]),
+        row_upper=np.array([0.0, 1.0]),
+        logits=SparseMatrix.from_coo(np.array([0]), np.array([1]), np.array([1.0]), (1, 3)),
+        logit_offset=np.zeros(1),
+        input_dim=1,
+        layer_bounds=[],
+        groups=[],
+    )
+
+
+def test_highs_drops_tiny_matrix_entries() -> None:
+    """The premise of backends.solver_rows: HiGHS (small_matrix_value 1e-9) reads ``y <= 1e-10 x`` as
+    ``y <= 0``, a different model, and says its maximum is 0."""
+    import highspy
+
+    model = _tiny_coefficient_model()
+    h = highspy.Highs()
+    h.setOptionValue("output_flag", False)
+    a = model.matrix
+    h.passModel(
+        3, 2, a.nnz, int(highspy.MatrixFormat.kRowwise), int(highspy.ObjSense.kMaximize), 0.0,
+        np.array([0.0, 1.0, 0.0]), model.col_lower, model.col_upper, model.row_lower, model.row_upper,
+        a.indptr().astype(np.int32), a.cols.astype(np.int32), a.vals, model.integrality.astype(np.int32),
+    )  # fmt: skip
+    h.run()
+    assert h.getInfo().objective_function_value == pytest.approx(0.0, abs=1e-12)
+
+
+@pytest.mark.parametrize("solver", SOLVERS)
+def test_tiny_matrix_entries_are_relaxed_not_dropped(solver: Solver) -> None:
+    """What the solvers get is a relaxation of the model, so the dual bound stays above its maximum."""
+    model = _tiny_coefficient_model()
+    matrix, lower, upper = solver_rows(model)
+    assert matrix.nnz == 2 and upper[0] >= 1e-5 and lower[0] == -np.inf
+    cost = np.array([0.0, 1.0, 0.0])
+    backend = (GurobiBackend if solver is Solver.GUROBI else HighsBackend)(model, SolverOptions())
+    raw = backend.solve(cost, 0.0, 10.0, None, np.array([1e5, 1e-5, 0.0]))
+    assert raw.dual_bound >= 1e-5 - 1e-12
 
 
 def test_highs_runs_with_changing_thread_counts() -> None:

@@ -7,6 +7,9 @@ known to within 0.01 and 0.001 (FaithUB - EmpLB), the points where the coupled b
 the points whose search ran out of its budget.
 
     python benchmarks/paper/exact_shares.py                      # every exact sample found under out/paper/
+
+The records are not in git, and a run on one dataset should not erase another's rows: rows of samples whose
+records are not given (or not found) are kept from the file as it was.
 """
 
 from __future__ import annotations
@@ -47,6 +50,17 @@ def rows(path: Path) -> list[str]:
     return out
 
 
+def _kept_rows(path: Path) -> dict[str, list[str]]:
+    """The table rows of an earlier ``exact_shares.md``, by sample."""
+    kept: dict[str, list[str]] = collections.defaultdict(list)
+    if path.exists():
+        for line in path.read_text().splitlines():
+            cells = [c.strip() for c in line.strip("|").split("|")]
+            if line.startswith("| ") and cells[0].endswith("-exact"):
+                kept[cells[0]].append(line)
+    return kept
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("files", nargs="*", type=Path)
@@ -65,8 +79,11 @@ def main() -> None:
         "| out of time |",
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
-    for f in files:
-        lines += rows(f)
+    fresh = {f.stem: rows(f) for f in files}
+    for sample, kept in _kept_rows(args.out).items():
+        fresh.setdefault(sample, kept)
+    for sample in sorted(fresh):
+        lines += fresh[sample]
     args.out.write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 
