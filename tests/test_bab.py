@@ -136,3 +136,29 @@ def test_portfolio_members_agree_with_the_exact_optimum(refiners: tuple[Refiner,
     r = solver.max_logit_diff(2, 3, time_limit=30)
     assert r.bound >= exact.bound - 2 * EXACT_TOL * (1 + abs(exact.bound))
     assert r.bound <= exact.bound + 2 * EXACT_TOL * (1 + abs(exact.bound))
+
+
+def test_a_leaf_lp_with_tiny_weights_keeps_its_feasible_points() -> None:
+    """A decided leaf whose split row has a thousand weights of 3e-10 (HiGHS drops entries <= 1e-9): with them
+    dropped, "z >= 0" read "0 >= 1.5e-7 - slack" and the leaf came out empty (-inf), though x = 1 gives
+    z = 1.5e-7 > 0. The maximum of relu(z) must stay at least 1.5e-7 (bab.leaf_maximum)."""
+    from faithverify.bounds.bab import leaf_maximum
+    from faithverify.bounds.crown import Box
+
+    n = 1000
+    body = nn.Sequential(nn.Linear(n, 1), nn.ReLU(), nn.Linear(1, 1)).double()
+    with torch.no_grad():
+        body[0].weight.fill_(3e-10)
+        body[0].bias.fill_(-1.5e-7)
+        body[2].weight.fill_(1.0)
+        body[2].bias.zero_()
+    net = BoundNetwork.of(PiecewiseLinearNetwork.from_module(body, n))
+    relu = next(k for k, layer in enumerate(net.layers) if type(layer).__name__ == "Relu")
+    box = Box.of(torch.zeros(1, n, dtype=torch.float64), torch.ones(1, n, dtype=torch.float64))
+    lower = {relu: torch.tensor([[-1.5e-7]], dtype=torch.float64)}
+    upper = {relu: torch.tensor([[1.5e-7]], dtype=torch.float64)}
+    split = {relu: torch.tensor([[1]])}  # decided active
+    out = leaf_maximum(net, box, lower, upper, split, 0, torch.ones(1, dtype=torch.float64))
+    assert out is not None
+    value, _ = out
+    assert value >= 1.5e-7

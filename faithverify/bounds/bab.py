@@ -577,7 +577,12 @@ def leaf_maximum(
     (``-inf``, no maximiser). None where the LP does not apply (an undecided max-pool) or does not finish."""
     import highspy
 
-    from faithverify.bounds.milp.backends import DUAL_FEASIBILITY_TOL, PRIMAL_FEASIBILITY_TOL, new_highs
+    from faithverify.bounds.milp.backends import (
+        DUAL_FEASIBILITY_TOL,
+        PRIMAL_FEASIBILITY_TOL,
+        TINY_COEFFICIENT,
+        new_highs,
+    )
     from faithverify.bounds.milp.model import soundness_margin
     from faithverify.bounds.torchnet import Affine, MaxPool
 
@@ -624,7 +629,13 @@ def leaf_maximum(
     if rows:
         a = torch.cat(rows).cpu().numpy()
         b = torch.cat(rhs).cpu().numpy()
-        slack = _LEAF_SLACK * (1.0 + np.abs(a) @ np.maximum(np.abs(lo_x), np.abs(hi_x)) + np.abs(b))
+        reach = np.maximum(np.abs(lo_x), np.abs(hi_x))
+        slack = _LEAF_SLACK * (1.0 + np.abs(a) @ reach + np.abs(b))
+        # HiGHS would drop entries this small and solve another LP; they go here, and their row is relaxed by
+        # what they could contribute (as backends.solver_rows does for the MILPs).
+        tiny = np.abs(a) <= TINY_COEFFICIENT
+        slack = slack + (np.abs(a) * tiny) @ reach * (1.0 + 1e-12)
+        a = np.where(tiny, 0.0, a)
         nz = a != 0
         starts = np.concatenate([[0], np.cumsum(nz.sum(axis=1))[:-1]]).astype(np.int32)
         cols = np.nonzero(nz)[1].astype(np.int32)
