@@ -57,13 +57,14 @@ INTEGRALITY_TOL = 1e-6
 GUROBI_SIZE_LIMIT = 2000
 _GUROBI_LICENSE_LIMIT_ERRNO = 10010
 # HiGHS sets matrix entries of magnitude <= small_matrix_value (1e-9 by default, highspy 1.16) to zero when a
-# model is passed: a different model, and not a relaxation of ours. The coupled-term MILP has such entries
-# where e^{d - m} is tiny (tangent slopes times weights, chord steps); with them dropped HiGHS proved a maximum
-# of 7.03e-5 "optimal" for a term whose true value at an input of the box is 9.75e-5 (MNIST FD pair, test point
-# 451, eps 0.0077), and called the model infeasible without a start. So entries at or below this are removed
-# here, before any solver sees them, and each row they leave is relaxed by what they could contribute over
-# their columns' bounds (:func:`solver_rows`): the model handed over is a relaxation of ours, and its dual bound
-# stays an upper bound of our maximum.
+# model is passed (passModel returns a warning, which reads like success; the maintainers' word in
+# jump-dev/HiGHS.jl issue 73): a different model, and not a relaxation of ours. The coupled-term MILP has
+# such entries where e^{d - m} is tiny (tangent slopes times weights, chord steps); with them dropped HiGHS
+# proved a maximum of 7.03e-5 "optimal" for a term whose true value at an input of the box is 9.75e-5 (MNIST
+# FD pair, test point 451, eps 0.0077), and called the model infeasible without a start. So entries at or
+# below this are removed here, before any solver sees them, and each row they leave is relaxed by what they
+# could contribute over their columns' bounds (:func:`solver_rows`): the model handed over is a relaxation of
+# ours, and its dual bound stays an upper bound of our maximum.
 TINY_COEFFICIENT = 1e-8
 
 
