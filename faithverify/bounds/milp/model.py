@@ -58,7 +58,7 @@ from faithverify.bounds.milp.backends import (
 )
 from faithverify.bounds.milp.encoding import LayerBounds, MilpModel, encode
 from faithverify.bounds.milp.prebounds import crown_layer_bounds
-from faithverify.bounds.milp.tighten import lp_refiner
+from faithverify.bounds.milp.tighten import MilpTightening, lp_refiner, milp_refiner
 from faithverify.bounds.softmax import LogitDiffBounds
 from faithverify.errors import SolverError
 from faithverify.methods import Solver
@@ -174,6 +174,7 @@ class NetworkMILP(ExactMethod):
         mip_abs_gap: float = 1e-6,
         tighten: bool = True,
         deadline: float | None = None,
+        milp_tightening: MilpTightening | None = None,
     ) -> None:
         """``body`` takes flat inputs ``[N, D]`` (a torch module or the network form); ``lower``/``upper`` are one
         box (``[D]`` or ``[1, D]``).
@@ -183,7 +184,8 @@ class NetworkMILP(ExactMethod):
         When None, CROWN computes them (prebounds.py). ``tighten``: improve the bounds of unstable ReLUs with
         LPs over the layers below before encoding them (tighten.py): fewer binaries, smaller big-M constants.
         ``deadline`` (``time.monotonic()``): the tightening stops by then (the rest keep their bounds), so that a
-        caller's time limit covers building the model as well as solving it.
+        caller's time limit covers building the model as well as solving it. ``milp_tightening`` (with ``tighten``):
+        per-neuron MILPs in the deepest layers after the LPs (tighten.py), for callers with minutes to spend.
         """
         lower = np.asarray(lower, dtype=np.float64).reshape(-1)
         upper = np.asarray(upper, dtype=np.float64).reshape(-1)
@@ -194,7 +196,17 @@ class NetworkMILP(ExactMethod):
         )
         if preactivation is None:
             preactivation = crown_layer_bounds(self.network, lower, upper)
-        refine = lp_refiner(soundness_margin, _TIGHTEN_SECONDS_PER_LAYER, deadline) if tighten else None
+        refine = None
+        if tighten and milp_tightening is not None:
+            refine = milp_refiner(
+                self.network,
+                soundness_margin,
+                milp_tightening,
+                lp_time_limit=_TIGHTEN_SECONDS_PER_LAYER,
+                deadline=deadline,
+            )
+        elif tighten:
+            refine = lp_refiner(soundness_margin, _TIGHTEN_SECONDS_PER_LAYER, deadline)
         self.model: MilpModel = encode(self.network, lower, upper, preactivation, refine)
         self._box = (lower, upper)
         self.time_limit = time_limit
