@@ -31,6 +31,7 @@ import torch
 from faithverify.bounds.bounder import NetworkBounder
 from faithverify.bounds.milp.coupled_term import CoupledTermMILP
 from faithverify.bounds.milp.model import NetworkMILP
+from faithverify.bounds.milp.tighten import MilpTightening
 from faithverify.bounds.softmax import LogitDiffBounds, faithfulness_from_logit_bounds
 from faithverify.methods import BoundMethod
 from faithverify.pair import load_pair
@@ -65,6 +66,10 @@ def main() -> None:
     )
     parser.add_argument("--row-timeout", type=float, default=10.0)
     parser.add_argument("--time", type=float, nargs="+", default=[60.0])
+    parser.add_argument(
+        "--milp-tightening", type=float, nargs=2, default=None, metavar=("LAYERS", "SECONDS"),
+        help="per-neuron MILPs in the deepest LAYERS ReLU layers, SECONDS per neuron, before the row solves",
+    )  # fmt: skip
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
     torch.set_num_threads(1)
@@ -75,7 +80,7 @@ def main() -> None:
     low, high = (float(v) for v in sample["domain"]) if "domain" in sample else (0.0, 1.0)
     lower, upper = np.clip(x0 - args.eps, low, high), np.clip(x0 + args.eps, low, high)
     bodies = [m.module.flat_body() for m in (pair.teacher, pair.student)]
-    milps, crown, tight, row_seconds = [], [], [], []
+    milps, crown, tight, row_seconds, build_seconds = [], [], [], [], []
     cls = args.cls
     for body in bodies:
         bounder = NetworkBounder(body, len(x0), pair.num_classes)
@@ -84,7 +89,13 @@ def main() -> None:
                 torch.from_numpy(lower[None]), torch.from_numpy(upper[None]), BoundMethod.ALPHA_CROWN
             )
         )
-        milps.append(NetworkMILP(body, lower, upper))
+        began = time.perf_counter()
+        tightening = None
+        if args.milp_tightening is not None:
+            layers, seconds = args.milp_tightening
+            tightening = MilpTightening(int(layers), seconds, seconds_per_layer=1e9)
+        milps.append(NetworkMILP(body, lower, upper, milp_tightening=tightening))
+        build_seconds.append(time.perf_counter() - began)
     if cls is None:
         cls = int(faithfulness_from_logit_bounds(*crown).argmax_class[0])
     for milp, base in zip(milps, crown, strict=True):
@@ -108,8 +119,10 @@ def main() -> None:
     text = "\n".join(
         [
             f"Point {args.index} of `{args.teacher.parent.name}/{args.points.name if args.points else 'sample.npz'}`,"
-            f" eps {args.eps:g}, term sigma_{cls}({args.above}) - sigma_{cls}(other); binaries after LP "
-            f"tightening: teacher {binaries[0]}, student {binaries[1]}; row {cls} by each network's MILP "
+            f" eps {args.eps:g}, term sigma_{cls}({args.above}) - sigma_{cls}(other); binaries after "
+            f"{'LP and MILP' if args.milp_tightening else 'LP'} tightening: teacher {binaries[0]}, student "
+            f"{binaries[1]} (building the models: {build_seconds[0]:.0f} s and {build_seconds[1]:.0f} s); "
+            f"row {cls} by each network's MILP "
             f"({args.row_timeout:g} s per bound): teacher {row_seconds[0]:.0f} s, student {row_seconds[1]:.0f} s. "
             f"{platform.machine()} CPU, 1 thread. Command: `python benchmarks/joint_term_diagnosis.py "
             f"{' '.join(sys.argv[1:])}`",
