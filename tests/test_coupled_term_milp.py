@@ -13,6 +13,7 @@ from faithverify.bounds.bounder import BoundMethod, PairBounder
 from faithverify.bounds.milp import Solver
 from faithverify.bounds.milp.backends import Status
 from faithverify.bounds.milp.coupled_term import CoupledTermMILP
+from faithverify.bounds.milp.encoding import BOUND_SLACK
 from faithverify.bounds.milp.model import NetworkMILP
 from faithverify.bounds.portfolio import Refiner
 from faithverify.certify import CertifyConfig, RefineMode, certify
@@ -180,6 +181,40 @@ def test_a_long_joint_stage_solves_its_row_first(strangers: Pair, monkeypatch: p
     _refined_soundly(strangers, time_budget=10.0)
     assert calls and len(calls) % 2 == 0 and calls[0] == calls[1], calls  # both networks, the same class
     assert len(set(calls)) == len(calls) // 2, calls  # once per class
+
+
+def test_a_long_joint_stage_deepens_both_networks_milps(
+    strangers: Pair, monkeypatch: pytest.MonkeyPatch
+) -> None:  # noqa: F811
+    """With minutes left (refine._JOINT_DEEPEN_FROM, lowered here), each network's MILP is rebuilt once with MILP
+    tightening of its deepest layers before the joint MILP: no layer's bounds get looser than the model it
+    replaces, the deepened model is the one the joint MILP and the later solves use, and the answer stays sound."""
+    from faithverify import refine
+    from faithverify.bounds.portfolio import ExactSolver
+
+    monkeypatch.setattr(refine, "_JOINT_DEEPEN_FROM", 0.0)
+    monkeypatch.setattr(refine, "_JOINT_ROWS_FROM", 0.0)
+    deepened: list[tuple[ExactSolver, NetworkMILP, NetworkMILP]] = []
+    original = ExactSolver.deepened_milp
+
+    def spy(self: ExactSolver, *args: object, **kwargs: object) -> NetworkMILP:
+        before = self.milp_by(None)
+        after = original(self, *args, **kwargs)  # type: ignore[arg-type]
+        deepened.append((self, before, after))
+        return after
+
+    monkeypatch.setattr(ExactSolver, "deepened_milp", spy)
+    _refined_soundly(strangers, time_budget=10.0)
+    assert len(deepened) == 2 and deepened[0][0] is not deepened[1][0]  # once per network
+    for solver, before, after in deepened:
+        assert solver.milp is after  # the row solves and the joint MILP use it
+        assert after.num_binaries <= before.num_binaries
+        for (lo, hi), (old_lo, old_hi) in zip(
+            after.model.layer_bounds, before.model.layer_bounds, strict=True
+        ):
+            # Every build widens the bounds it is given by the encoder's float64 slack (encoding.BOUND_SLACK).
+            slack_lo, slack_hi = (BOUND_SLACK * (1.0 + np.abs(b)) for b in (old_lo, old_hi))
+            assert np.all(lo >= old_lo - slack_lo) and np.all(hi <= old_hi + slack_hi)
 
 
 @pytest.mark.data

@@ -27,6 +27,7 @@ from faithverify.bounds.milp import NetworkMILP, Solver, SolveResult
 from faithverify.bounds.milp.backends import Status
 from faithverify.bounds.milp.encoding import LayerBounds as LayerBoundsArrays
 from faithverify.bounds.milp.model import ExactMethod
+from faithverify.bounds.milp.tighten import MilpTightening
 from faithverify.bounds.torchnet import BoundNetwork
 from faithverify.methods import Refiner
 from faithverify.network import PiecewiseLinearNetwork
@@ -96,6 +97,7 @@ class ExactSolver(ExactMethod):
             else None
         )
         self._milp: NetworkMILP | None = None
+        self._deepened = False
         self._bab_used = False
 
     @property
@@ -112,6 +114,24 @@ class ExactSolver(ExactMethod):
             self._milp = NetworkMILP(
                 self.form, *self.box, solver=self.milp_solver, preactivation=pre, deadline=deadline
             )
+        return self._milp
+
+    def deepened_milp(self, tightening: MilpTightening, deadline: float | None) -> NetworkMILP:
+        """The MILP rebuilt once with per-neuron MILP tightening of its deepest layers (tighten.py), from the
+        bounds the current model was built on, so that no bound gets looser; the tightening stops by
+        ``deadline`` (``time.monotonic()``) and the neurons it did not reach keep those bounds. For callers with
+        minutes left: the joint MILP of a coupled term, and its class's row, are solved on it."""
+        if not self._deepened:
+            current = self.milp_by(deadline)
+            self._milp = NetworkMILP(
+                self.form,
+                *self.box,
+                solver=self.milp_solver,
+                preactivation=list(current.model.layer_bounds),
+                deadline=deadline,
+                milp_tightening=tightening,
+            )
+            self._deepened = True
         return self._milp
 
     @property
