@@ -183,9 +183,7 @@ def test_a_long_joint_stage_solves_its_row_first(strangers: Pair, monkeypatch: p
     assert len(set(calls)) == len(calls) // 2, calls  # once per class
 
 
-def test_a_long_joint_stage_deepens_both_networks_milps(
-    strangers: Pair, monkeypatch: pytest.MonkeyPatch
-) -> None:  # noqa: F811
+def test_a_long_joint_stage_deepens_the_milps(strangers: Pair, monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: F811
     """With minutes left (refine._JOINT_DEEPEN_FROM, lowered here), each network's MILP is rebuilt once with MILP
     tightening of its deepest layers before the joint MILP: no layer's bounds get looser than the model it
     replaces, the deepened model is the one the joint MILP and the later solves use, and the answer stays sound."""
