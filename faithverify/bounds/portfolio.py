@@ -118,12 +118,13 @@ class ExactSolver(ExactMethod):
 
     def deepened_milp(self, tightening: MilpTightening, deadline: float | None) -> NetworkMILP:
         """The MILP rebuilt once with per-neuron MILP tightening of its deepest layers (tighten.py), from the
-        bounds the current model was built on, so that no bound gets looser; the tightening stops by
-        ``deadline`` (``time.monotonic()``) and the neurons it did not reach keep those bounds. For callers with
-        minutes left: the joint MILP of a coupled term, and its class's row, are solved on it."""
+        bounds the current model was built on, so that no bound gets looser (beyond the float64 slack,
+        ``encoding.BOUND_SLACK``, that every build adds); the tightening stops by ``deadline``
+        (``time.monotonic()``) and the neurons it did not reach keep those bounds. For callers with minutes left:
+        the joint MILP of a coupled term, and its class's row, are solved on it."""
+        current = self.milp_by(deadline)
         if not self._deepened:
-            current = self.milp_by(deadline)
-            self._milp = NetworkMILP(
+            current = self._milp = NetworkMILP(
                 self.form,
                 *self.box,
                 solver=self.milp_solver,
@@ -132,7 +133,7 @@ class ExactSolver(ExactMethod):
                 milp_tightening=tightening,
             )
             self._deepened = True
-        return self._milp
+        return current
 
     @property
     def num_classes(self) -> int:
