@@ -512,17 +512,29 @@ def test_lp_tightening_is_sound_and_only_tightens() -> None:
     assert sum(widths) < sum((u - lo).sum() for lo, u in plain.model.layer_bounds)  # it does something here
     # Pre-activations of sampled inputs lie within the tightened bounds.
     h = torch.from_numpy(lower + np.random.default_rng(3).random((20000, 6)) * (upper - lower))
-    for k, (lo, u) in enumerate(tight.model.layer_bounds):
-        p_lo, p_up = plain.model.layer_bounds[k]
+    for (lo, u), (p_lo, p_up) in zip(tight.model.layer_bounds, plain.model.layer_bounds, strict=True):
         assert np.all(lo >= p_lo) and np.all(u <= p_up)
+    _assert_preactivations_within(body, h, tight)
+    _assert_same_exact_logit_bounds(plain, tight)
+
+
+def _assert_preactivations_within(body: torch.nn.Sequential, inputs: torch.Tensor, milp: NetworkMILP) -> None:
+    """The pre-activations of an MLP ``body`` (Linear/ReLU pairs) at ``inputs`` lie within the model's bounds."""
+    h = inputs
+    for k, (lo, u) in enumerate(milp.model.layer_bounds):
         with torch.no_grad():
             z = body[2 * k](h)
             h = torch.relu(z)
         assert np.all(z.numpy() >= lo) and np.all(z.numpy() <= u)
+
+
+def _assert_same_exact_logit_bounds(a: NetworkMILP, b: NetworkMILP) -> None:
+    """Tighter intermediate bounds change the model, not its optimum: both solve two logit differences exactly
+    to the same value."""
     for i, j in [(0, 1), (2, 0)]:
-        a, b = plain.max_logit_diff(i, j), tight.max_logit_diff(i, j)
-        assert a.exact and b.exact
-        assert a.bound == pytest.approx(b.bound, abs=1e-4)
+        first, second = a.max_logit_diff(i, j), b.max_logit_diff(i, j)
+        assert first.exact and second.exact
+        assert first.bound == pytest.approx(second.bound, abs=1e-4)
 
 
 def _tiny_coefficient_model() -> MilpModel:
@@ -604,15 +616,8 @@ def test_milp_tightening_is_sound_and_tighter_than_the_lps() -> None:
             ]
         )
     )
-    for k, (lo, u) in enumerate(deep.model.layer_bounds):
-        with torch.no_grad():
-            z = body[2 * k](h)
-            h = torch.relu(z)
-        assert np.all(z.numpy() >= lo) and np.all(z.numpy() <= u)
-    for i, j in [(0, 1), (2, 0)]:
-        a, b = lp.max_logit_diff(i, j), deep.max_logit_diff(i, j)
-        assert a.exact and b.exact
-        assert a.bound == pytest.approx(b.bound, abs=1e-4)
+    _assert_preactivations_within(body, h, deep)
+    _assert_same_exact_logit_bounds(lp, deep)
 
 
 def test_highs_runs_with_changing_thread_counts() -> None:
