@@ -4,7 +4,7 @@ Reads the per-point records that ``reproduce.py`` wrote for the exact-bound samp
 <student>-exact.jsonl``) and writes ``results/exact_shares.md``: per eps, the sample size, the mean of the
 paper's eq. 4-6 on the refined per-network bounds, of our tightest FaithUB and of EmpLB, the share of points
 known to within 0.01 and 0.001 (FaithUB - EmpLB), the points where the coupled bound is below eq. 4-6, and
-the points whose search ran out of its budget.
+the points whose search ran out of its budget (the per-point budget is a column: it differs between runs).
 
     python benchmarks/paper/exact_shares.py                      # every exact sample found under out/paper/
 
@@ -29,7 +29,8 @@ REPO = Path(__file__).resolve().parents[2]
 def rows(path: Path) -> list[str]:
     dataset = path.name.split("-exact")[0].rsplit("-", 1)[0]
     scale = get_recipe(f"{dataset}/teacher").eps_scale
-    _, points = read_results(path)
+    settings, points = read_results(path)
+    budget = settings.get("timeout", "?")
     by_eps = collections.defaultdict(list)
     for p in points:
         by_eps[p.eps].append(p)
@@ -43,9 +44,9 @@ def rows(path: Path) -> list[str]:
         )
         timed = sum(1 for p in ps if p.milp and p.milp.timed_out)
         out.append(
-            f"| {path.stem} | {eps / scale:.4g} ({eps:.4g} px) | {len(ps)} | {eq6.mean():.4f} | {ub.mean():.4f} "
-            f"| {lb.mean():.4f} | {np.mean(ub - lb <= 0.01):.0%} | {np.mean(ub - lb <= 1e-3):.0%} | {coupled} "
-            f"| {timed} |"
+            f"| {path.stem} | {eps / scale:.4g} ({eps:.4g} px) | {len(ps)} | {budget} | {eq6.mean():.4f} "
+            f"| {ub.mean():.4f} | {lb.mean():.4f} | {np.mean(ub - lb <= 0.01):.0%} "
+            f"| {np.mean(ub - lb <= 1e-3):.0%} | {coupled} | {timed} |"
         )
     return out
 
@@ -75,9 +76,9 @@ def main() -> None:
         "From the records of `benchmarks/paper/reproduce.py` (its exact sample; see `summary.md` for the run); "
         "regenerate with `python benchmarks/paper/exact_shares.py`. eps in the paper's units, pixels in brackets.",
         "",
-        "| sample | eps | n | eq. 4-6 | tightest | EmpLB | known within 0.01 | within 0.001 | coupled below eq. 4-6 "
-        "| out of time |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| sample | eps | n | s per point | eq. 4-6 | tightest | EmpLB | known within 0.01 | within 0.001 "
+        "| coupled below eq. 4-6 | out of time |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     fresh = {f.stem: rows(f) for f in files}
     for sample, kept in _kept_rows(args.out).items():
