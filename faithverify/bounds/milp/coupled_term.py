@@ -356,11 +356,12 @@ class CoupledTermMILP:
         cost, offset = model.objective(np.array([1.0, -1.0]))
         margin = float(coupled_margin(np.array([self.d_max]), self.num_classes)[0])
         total = model.total_range()
-        stop = None
+        stop = floor = None
         if below is not None:
-            # Stop once dual + its margins is below: solve for a level a little under ``below``.
-            level = below - margin - soundness_margin(below, total)
-            stop = StopRule(bound_at_most=level, incumbent_above=math.inf)
+            # Stop once dual + its margins is below: solve for a level a little under ``below``, and only above
+            # it (the floor row: point 7 of the first MNIST pair, backends.py).
+            floor = below - margin - soundness_margin(below, total)
+            stop = StopRule(bound_at_most=floor, incumbent_above=math.inf)
         time_limit = max(
             time_limit, _MIN_LIMIT
         )  # HiGHS refuses a negative limit (a caller's deadline passed)
@@ -368,12 +369,12 @@ class CoupledTermMILP:
         v0 = self._start(model, sides, x)
         backend = self._backend(model)
         try:
-            raw = backend.solve(cost, offset, time_limit, stop, v0)
+            raw = backend.solve(cost, offset, time_limit, stop, v0, floor)
         except GurobiLicenseLimit:
             if self.solver is not Solver.AUTO:
                 raise
             raw = HighsBackend(model, SolverOptions(threads=self.threads)).solve(
-                cost, offset, time_limit, stop, v0
+                cost, offset, time_limit, stop, v0, floor
             )
         bound = raw.dual_bound + soundness_margin(raw.dual_bound, total) + margin
         bound = min(bound, 1.0) if math.isfinite(bound) else 1.0

@@ -282,7 +282,9 @@ class NetworkMILP(ExactMethod):
             )
             stop = StopRule(_stop_level(max(levels), self._range), above)
         x0 = self._first_guess(weights, start)
-        raw = self._solve(cost, offset, limit, stop, self.model.complete(self.network, x0))
+        # Below the stop level every answer is the same to the caller: the search only looks above it.
+        floor = None if stop is None else stop.bound_at_most
+        raw = self._solve(cost, offset, limit, stop, self.model.complete(self.network, x0), floor)
         return self._result(raw, cost, offset, weights)
 
     def _first_guess(self, weights: np.ndarray, start: np.ndarray | None) -> np.ndarray:
@@ -305,16 +307,22 @@ class NetworkMILP(ExactMethod):
         return best_x
 
     def _solve(
-        self, cost: np.ndarray, offset: float, limit: float | None, stop: StopRule | None, start: np.ndarray
+        self,
+        cost: np.ndarray,
+        offset: float,
+        limit: float | None,
+        stop: StopRule | None,
+        start: np.ndarray,
+        floor: float | None = None,
     ) -> RawSolve:
         try:
-            return self._backend.solve(cost, offset, limit, stop, start)
+            return self._backend.solve(cost, offset, limit, stop, start, floor)
         except GurobiLicenseLimit as exc:
             if self._requested is not Solver.AUTO:
                 raise
             log.warning("Gurobi's license refused the MILP (%s); falling back to HiGHS", exc)
             self._backend = HighsBackend(self.model, self._options)
-            return self._backend.solve(cost, offset, limit, stop, start)
+            return self._backend.solve(cost, offset, limit, stop, start, floor)
 
     def _result(self, raw: RawSolve, cost: np.ndarray, offset: float, weights: np.ndarray) -> SolveResult:
         trivial = self.model.interval_max(cost, offset)
