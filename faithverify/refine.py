@@ -574,11 +574,13 @@ def _joint_terms(
     anchor: np.ndarray,
     target: float | None,
     deadline: float,
+    reached: float = 0.0,
 ) -> tuple[np.ndarray, list[np.ndarray], int]:
     """Lower the largest coupled terms (``[2, C]``) with the joint MILP of both networks
     (bounds/milp/coupled_term.py), largest first, each with at most a share of the time left, until
     every term is ``<= target`` (None: until the largest is settled), a witness takes a term above ``target``,
     or a term's solve ends without getting it below the next: the branch-and-bound search gets what is left.
+    ``reached``: the gap at an input of the box (no FaithUB can be below it, so no term needs to be either).
     Returns the terms, the solutions' inputs (candidate witnesses) and the number of solves."""
     terms = np.array(terms, dtype=np.float64)
     witnesses: list[np.ndarray] = []
@@ -592,7 +594,8 @@ def _joint_terms(
         worst = (row, col)
         value = float(terms[worst])
         remaining = deadline - time.monotonic()
-        if (target is not None and value <= target) or worst in done or remaining <= _JOINT_MIN_SECONDS:
+        settled = value <= (reached if target is None else target)
+        if settled or worst in done or remaining <= _JOINT_MIN_SECONDS:
             break
         if joint is None:
             milps = _network_milps(teacher, student, deadline)
@@ -611,7 +614,8 @@ def _joint_terms(
             joint = CoupledTermMILP(*milps, (teacher.bounds(), student.bounds()), solver=teacher.solver)
             terms = np.minimum(terms, _terms(teacher, student))
             continue  # the row may have settled this term, or made another the largest
-        below = target if target is not None else float(terms.reshape(-1)[order[1]])
+        # The solve's floor (backends.py): nothing under it changes the answer, so the search prunes there.
+        below = target if target is not None else max(float(terms.reshape(-1)[order[1]]), reached)
         # Against a delta every term must come below it, so a term may take all the time left (no other can
         # decide the point without it); for the paper's FaithUB each term gets a share, the next largest the rest.
         share = _JOINT_SHARE_DELTA if target is not None else _JOINT_SHARE
@@ -735,8 +739,10 @@ def _result(
                 if target is not None and outcome.reached > target:
                     break  # a witness above delta
             else:
+                seen = np.concatenate([np.reshape(x, (1, -1)) for x in (*anchors, *witnesses)])
+                reached = _gap_at(teacher, student, seen)
                 per_term, found, joint_solves = _joint_terms(
-                    teacher, student, per_term, anchors[0], target, deadline
+                    teacher, student, per_term, anchors[0], target, deadline, reached=reached
                 )
                 witnesses, searched = [*witnesses, *found], searched + joint_solves
         coupled = min(coupled, float(per_term.max()))

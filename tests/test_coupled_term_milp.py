@@ -108,16 +108,22 @@ def test_the_refinement_runs_it_and_stays_sound(strangers: Pair, monkeypatch: py
     """With both branch and bound and the MILP among the refiners, a point's refinement lowers its terms with
     the joint MILP too (these small networks: before the search), and what it reports is still sound."""
     calls: list[float] = []
+    floors: list[float] = []
     original = CoupledTermMILP.term
 
     def spy(self: CoupledTermMILP, *args: object, **kwargs: object) -> object:
         result = original(self, *args, **kwargs)  # type: ignore[arg-type]
         calls.append(result.bound)
+        floors.append(float(kwargs["below"]))  # type: ignore[arg-type]
         return result
 
     monkeypatch.setattr(CoupledTermMILP, "term", spy)
     result = _refined_soundly(strangers, time_budget=20.0)
     assert calls and result.searched >= len(calls)
+    # No term needs a bound below the gap at x0 (FaithUB cannot go there): no solve is asked for one.
+    x0 = np.random.default_rng(8).random((1, 8), dtype=np.float32)  # _refined_soundly's point
+    at_x0 = float(np.abs(strangers.gap_onnxruntime(x0)).max())
+    assert min(floors) >= at_x0 - 1e-6
 
 
 def test_a_search_before_it_leaves_it_time(strangers: Pair, monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: F811
@@ -137,9 +143,9 @@ def test_a_search_before_it_leaves_it_time(strangers: Pair, monkeypatch: pytest.
         order.append(("search", time.monotonic(), float(kwargs["deadline"])))  # type: ignore[arg-type]
         return search(*args, **kwargs)  # type: ignore[arg-type]
 
-    def spy_joint(*args: object) -> object:
-        order.append(("joint", time.monotonic(), float(args[-1])))  # type: ignore[arg-type]
-        return joint(*args)  # type: ignore[arg-type]
+    def spy_joint(*args: object, **kwargs: object) -> object:
+        order.append(("joint", time.monotonic(), float(args[5])))  # type: ignore[arg-type]  # its deadline
+        return joint(*args, **kwargs)  # type: ignore[arg-type]
 
     monkeypatch.setattr(refine, "search_terms", spy_search)
     monkeypatch.setattr(refine, "_joint_terms", spy_joint)
