@@ -177,6 +177,7 @@ class HighsBackend:
         self._h = h
         self._cols = np.arange(model.num_cols, dtype=np.int32)
         self._col_lower, self._col_upper = model.col_lower, model.col_upper
+        self._bounded = bool(np.isfinite(model.col_lower).all() and np.isfinite(model.col_upper).all())
 
     def solve(
         self,
@@ -265,7 +266,15 @@ class HighsBackend:
             status = reason
         elif model_status in statuses:
             status = statuses[model_status]
-        elif model_status == hs.HighsModelStatus.kInfeasible and floor is not None:
+        elif (
+            floor is not None
+            and self._bounded
+            and model_status
+            in (
+                hs.HighsModelStatus.kInfeasible,
+                hs.HighsModelStatus.kUnboundedOrInfeasible,  # every column is bounded: infeasible
+            )
+        ):
             # Only the floor row can make it so (the model alone has its start): nothing is above the floor.
             return RawSolve(floor, None, None, Status.BOUND_BELOW_CUTOFF, seconds)
         elif model_status in (hs.HighsModelStatus.kInfeasible, hs.HighsModelStatus.kUnboundedOrInfeasible):
@@ -481,6 +490,7 @@ class GurobiBackend:
         m.ModelSense = gp.GRB.MAXIMIZE
         self._m, self._x = m, x
         self._col_lower, self._col_upper = model.col_lower, model.col_upper
+        self._bounded = bool(np.isfinite(model.col_lower).all() and np.isfinite(model.col_upper).all())
         self._no_stop = (m.getParamInfo("BestBdStop")[5], m.getParamInfo("BestObjStop")[5])
 
     def solve(
@@ -525,7 +535,7 @@ class GurobiBackend:
 
     def _result(self, stop: StopRule | None, seconds: float, floor: float | None = None) -> RawSolve:
         grb, m = self._gp.GRB, self._m
-        if m.Status == grb.INFEASIBLE and floor is not None:
+        if floor is not None and self._bounded and m.Status in (grb.INFEASIBLE, grb.INF_OR_UNBD):
             # Only the floor row can make it so (the model alone has its start): nothing is above the floor.
             return RawSolve(floor, None, None, Status.BOUND_BELOW_CUTOFF, seconds)
         if m.Status in (grb.INFEASIBLE, grb.INF_OR_UNBD):
