@@ -7,7 +7,9 @@ term's row (``z_j - z_cls`` for every j, both networks) solved by each network's
 ``--row-timeout`` seconds per bound. Each model is then solved once per ``--time``; the table gives the sound
 bound, the relaxed objective at the solver's best solution and the term's true value there (float64). A
 relaxed objective near the true value with a bound far above both says the softmax relaxation is tight where
-the solver looks, and what is left is the branching over ReLUs.
+the solver looks, and what is left is the branching over ReLUs. ``--floor`` adds solves with the floor row at
+each level given (backends.py: the search prunes below the level; the bound is never below it), side by side
+with the solve without one ("-").
 
     python benchmarks/joint_term_diagnosis.py --teacher T.onnx --student S.onnx --index 7 --eps 0.05 \\
         --above student --cls 9 --time 60 300
@@ -70,6 +72,9 @@ def main() -> None:
         "--milp-tightening", type=float, nargs=2, default=None, metavar=("LAYERS", "SECONDS"),
         help="per-neuron MILPs in the deepest LAYERS ReLU layers, SECONDS per neuron, before the row solves",
     )  # fmt: skip
+    parser.add_argument(
+        "--floor", type=float, nargs="*", default=[], help="levels for solves with a floor (and one without)"
+    )
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
     torch.set_num_threads(1)
@@ -109,12 +114,15 @@ def main() -> None:
         joint = CoupledTermMILP(*milps, (diffs[0], diffs[1]))
         eq6 = float(faithfulness_from_logit_bounds(*diffs).per_class[0, cls])
         for limit in args.time:
-            r = joint.term(direction, cls, time_limit=limit, below=None, start=x0)
-            incumbent = "-" if r.incumbent is None else f"{r.incumbent:.4f}"
-            rows.append(
-                f"| {name} | {eq6:.4f} | {limit:g} | {r.bound:.4f} | {incumbent} | {r.reachable:.4f} | {r.status} |"
-            )
-            print(rows[-1], flush=True)
+            for floor in [None, *args.floor]:
+                r = joint.term(direction, cls, time_limit=limit, below=floor, start=x0)
+                incumbent = "-" if r.incumbent is None else f"{r.incumbent:.4f}"
+                level = "-" if floor is None else f"{floor:g}"
+                rows.append(
+                    f"| {name} | {eq6:.4f} | {level} | {limit:g} | {r.bound:.4f} | {incumbent} | {r.reachable:.4f} "
+                    f"| {r.status} |"
+                )
+                print(rows[-1], flush=True)
     binaries = [m.num_binaries for m in milps]
     text = "\n".join(
         [
@@ -127,9 +135,9 @@ def main() -> None:
             f"{platform.machine()} CPU, 1 thread. Command: `python benchmarks/joint_term_diagnosis.py "
             f"{' '.join(sys.argv[1:])}`",
             "",
-            "| logit-difference bounds | eq. 6 on this class | seconds | joint MILP bound | relaxed objective at "
-            "its best solution | term's true value there | status |",
-            "|---|---|---|---|---|---|---|",
+            "| logit-difference bounds | eq. 6 on this class | floor | seconds | joint MILP bound | relaxed objective "
+            "at its best solution | term's true value there | status |",
+            "|---|---|---|---|---|---|---|---|",
             *rows,
         ]
     )
