@@ -30,7 +30,8 @@ def rows(path: Path) -> list[str]:
     dataset = path.name.split("-exact")[0].rsplit("-", 1)[0]
     scale = get_recipe(f"{dataset}/teacher").eps_scale
     settings, points = read_results(path)
-    budget = settings.get("timeout", "?")
+    timeout = settings.get("timeout")
+    budget = f"{timeout:g}" if isinstance(timeout, int | float) else "?"
     by_eps = collections.defaultdict(list)
     for p in points:
         by_eps[p.eps].append(p)
