@@ -384,12 +384,19 @@ def test_cutoff_stops_early_and_stays_sound(solver: Solver) -> None:
     assert below.seconds < 5
 
 
-@pytest.mark.parametrize("solver", SOLVERS)
-def test_stop_below_stops_on_the_bound_and_no_stop_carries_over(solver: Solver) -> None:
-    body = random_mlp(5, [20, 12, 12, 3]).double()
-    x0 = np.random.default_rng(0).random(20)
+def small_milp(solver: Solver, seed: int = 5, point_seed: int = 0) -> tuple[NetworkMILP, np.ndarray]:
+    """A random 20-12-12-3 MLP's MILP on the box of half-width 0.3 around a random point (more than 10 binaries,
+    solved exactly in well under a second), and that point."""
+    body = random_mlp(seed, [20, 12, 12, 3]).double()
+    x0 = np.random.default_rng(point_seed).random(20)
     milp = NetworkMILP(body, x0 - 0.3, x0 + 0.3, solver=solver)
     assert milp.num_binaries > 10
+    return milp, x0
+
+
+@pytest.mark.parametrize("solver", SOLVERS)
+def test_stop_below_stops_on_the_bound_and_no_stop_carries_over(solver: Solver) -> None:
+    milp, _ = small_milp(solver)
     exact = milp.max_logit_diff(0, 1)
     assert exact.status == Status.OPTIMAL
     # A level above the maximum: the solve stops once its bound is there, before it is exact.

@@ -14,8 +14,7 @@ from faithverify.bounds.milp.backends import (
     SolverOptions,
     objective_row,
 )
-from tests.conftest import random_mlp
-from tests.test_milp import SOLVERS, diff_weights, hard_problem, hard_problem_reachable
+from tests.test_milp import SOLVERS, diff_weights, hard_problem, hard_problem_reachable, small_milp
 
 
 def _backend(milp: NetworkMILP, solver: Solver) -> Backend:
@@ -31,10 +30,7 @@ def _rows(backend: Backend) -> int:
 
 @pytest.mark.parametrize("solver", SOLVERS)
 def test_a_floor_above_the_maximum_is_proved_and_one_below_changes_nothing(solver: Solver) -> None:
-    body = random_mlp(5, [20, 12, 12, 3]).double()
-    x0 = np.random.default_rng(0).random(20)
-    milp = NetworkMILP(body, x0 - 0.3, x0 + 0.3, solver=solver)
-    assert milp.num_binaries > 10
+    milp, x0 = small_milp(solver)
     cost, offset = milp.model.objective(diff_weights(3, 0, 1))
     start = milp.model.complete(milp.network, x0)
     backend = _backend(milp, solver)
@@ -73,9 +69,7 @@ def test_a_stopped_search_with_a_floor_keeps_a_sound_bound(solver: Solver) -> No
 @pytest.mark.parametrize("solver", SOLVERS)
 def test_network_milp_stops_on_its_level_with_the_floor(solver: Solver) -> None:
     """``maximize`` with a level puts its floor there: a bound at most the level asked, never below the max."""
-    body = random_mlp(7, [20, 12, 12, 3]).double()
-    x0 = np.random.default_rng(1).random(20)
-    milp = NetworkMILP(body, x0 - 0.3, x0 + 0.3, solver=solver)
+    milp, _ = small_milp(solver, seed=7, point_seed=1)
     exact = milp.max_logit_diff(2, 0)
     for level in (exact.bound + 0.1, exact.bound + 1e-3):
         stopped = milp.max_logit_diff(2, 0, stop_below=level)
